@@ -1,0 +1,31 @@
+# Two commands: `make demo` (HW1 on demo data) and `make test`. Both create .venv if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/run.py hw1 train --demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check common hw scripts tests
+
+bench: $(STAMP)
+	$(PY) scripts/bench/trainer_overhead.py
+	$(PY) scripts/bench/hw1_cv.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,135 @@
+"""The command line shared by every homework: `run.py <hw> train|predict|demo-data`, `run.py list`.
+
+`main(tasks)` takes a registry of task classes, so `common` never imports a homework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from common.config import load_config
+from common.errors import UserError
+from common.pipeline import dry_run_config, new_run_dir, predict_run, train_run
+from common.task import Task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TaskRegistry = dict[str, Callable[[], type[Task]]]
+
+
+def _add_train_parser(sub, task_name: str) -> None:
+    p = sub.add_parser("train", help="train, then predict the test set with the best checkpoint",
+                       description="Train a model and write the submission into the run directory.")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--config", metavar="FILE",
+                   help=f"TOML recipe (default: configs/{task_name}.toml, the best recipe)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                   help="override one config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    g = p.add_argument_group("data and output")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="DIR", help=f"data folder (default: data/{task_name})")
+    src.add_argument("--demo", action="store_true",
+                     help=f"use the synthetic demo data (written to data/demo/{task_name} if absent)")
+    g.add_argument("--out", metavar="DIR",
+                   help=f"run directory (default: runs/{task_name}/<timestamp>-<config name>)")
+    g = p.add_argument_group("control")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run exactly, from its checkpoints/last.pt")
+    g.add_argument("--dry-run", action="store_true",
+                   help="a tiny slice of everything end to end (one epoch of two batches)")
+
+
+def _add_task_parser(sub, name: str, title: str) -> None:
+    p = sub.add_parser(name, help=title, description=title)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add_train_parser(actions, name)
+    pr = actions.add_parser("predict", help="write the submission again from a run's checkpoint")
+    pr.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory")
+    pr.add_argument("--ckpt", metavar="best|last|PATH", help="checkpoint (default: best)")
+    pr.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
+    dd = actions.add_parser("demo-data", help="write the synthetic demo data set")
+    dd.add_argument("--dest", metavar="DIR", help=f"destination (default: data/demo/{name})")
+
+
+def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="NTU ML 2022 homework runner")
+    sub = parser.add_subparsers(dest="task", required=True, metavar="COMMAND")
+    sub.add_parser("list", help="list the homeworks")
+    for name in tasks:
+        _add_task_parser(sub, name, titles.get(name, name))
+    return parser
+
+
+def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
+    """The demo data folder, written once (generation is deterministic)."""
+    path = Path(dest or f"data/demo/{task_cls.name}")
+    marker = path / ".complete"
+    if not marker.exists():
+        task_cls.write_demo_data(path)
+        marker.write_text("demo data complete\n")
+    return path
+
+
+def _train(task_cls: type[Task], args) -> int:
+    if args.resume:
+        if args.config or args.overrides or args.data or args.demo or args.out:
+            raise UserError("--resume continues a run with its saved config.toml and data; "
+                            "pass --resume RUN_DIR alone")
+        run_dir = Path(args.resume)
+        config_path = run_dir / "config.toml"
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"{run_dir}: no checkpoints/last.pt to resume from; start a new run")
+        config = load_config(task_cls.schema(), config_path)
+    else:
+        config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
+            f"{task_cls.name}.toml"
+        if not args.config and not config_path.exists():
+            config_path = None
+        config = load_config(task_cls.schema(), config_path, args.overrides)
+        if args.demo or args.data:
+            data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
+            config["data"] = replace(config["data"], dir=str(data_dir))
+        if args.dry_run:
+            config = dry_run_config(config)
+        name = config_path.stem if config_path else task_cls.name
+        name += "-demo" if args.demo else ""
+        name += "-dryrun" if args.dry_run else ""
+        run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
+    best = result["best"]
+    monitor = config["trainer"].monitor
+    if best is not None:
+        print(f"best {monitor}: {best:.5g}")
+    print(f"submission: {result['submission']}")
+    return 0
+
+
+def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
+    titles = {name: getattr(loader, "title", name) for name, loader in tasks.items()}
+    args = build_parser(tasks, titles).parse_args(argv)
+    if args.task == "list":
+        for name in tasks:
+            print(f"{name:6s} {titles[name]}")
+        return 0
+    try:
+        task_cls = tasks[args.task]()
+        if args.action == "train":
+            return _train(task_cls, args)
+        if args.action == "predict":
+            path = predict_run(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data)
+            print(f"submission: {path}")
+            return 0
+        if args.action == "demo-data":
+            print(f"demo data: {demo_dir(task_cls, args.dest)}")
+            return 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    return 1

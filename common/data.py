@@ -1,0 +1,87 @@
+"""Splits, samplers and loaders. Data order is a pure function of (seed, epoch), so a resumed
+run continues the same order from any batch without replaying anything."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from common.errors import UserError
+from common.runtime import derive_seed, seed_worker
+
+
+def split_train_valid(n: int, valid_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random split of range(n); each part is returned sorted."""
+    if not 0.0 <= valid_ratio < 1.0:
+        raise UserError(f"data.valid_ratio={valid_ratio} must be in [0, 1)")
+    n_valid = int(n * valid_ratio)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of indices; the permutation depends only on (seed, epoch). `start_batch` skips the
+    batches a resumed run has already consumed, without touching the data."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False, as_tensor: bool = False):
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last, self.as_tensor = drop_last, as_tensor
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def num_batches(self) -> int:
+        if self.drop_last:
+            return self.n // self.batch_size
+        return math.ceil(self.n / self.batch_size)
+
+    def batch_sizes(self) -> list[int]:
+        sizes = [self.batch_size] * self.num_batches()
+        if sizes and not self.drop_last and self.n % self.batch_size:
+            sizes[-1] = self.n % self.batch_size
+        return sizes
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        for b in range(self.start_batch, self.num_batches()):
+            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield chunk if self.as_tensor else chunk.tolist()
+
+
+def supports_batched_indexing(dataset: Dataset) -> bool:
+    """Tensor-backed datasets are indexed with a whole batch of indices at once."""
+    return isinstance(dataset, TensorDataset) or getattr(dataset, "batched_indexing", False)
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 epoch: int = 0, start_batch: int = 0, drop_last: bool = False,
+                 num_workers: int = 0, pin_memory: bool = False, collate_fn=None) -> DataLoader:
+    """A DataLoader whose order depends only on (seed, epoch); tensor datasets skip collation."""
+    batched = supports_batched_indexing(dataset)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last, as_tensor=batched)
+    sampler.set_epoch(epoch, start_batch)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker,
+                  generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 1)),
+                  persistent_workers=False)
+    if batched:
+        return DataLoader(dataset, sampler=sampler, batch_size=None, **common)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, **common)
+
+
+def as_float_tensor(array) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.float32))

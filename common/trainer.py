@@ -1,0 +1,378 @@
+"""The Trainer: fit (train + validate + early stopping + checkpoints), evaluate and predict.
+
+Loss and metrics come from an Objective supplied by the task; extra behaviour comes from
+callbacks. Everything that decides what happens next (step, epoch, batch position, RNG, early
+stopping, history) lives in `TrainState` and in the checkpoint, so a resumed run is the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.data import EpochBatchSampler, build_loader
+from common.errors import UserError
+from common.io import atomic_write
+from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor, set_lr
+from common.runtime import amp_dtype, autocast, choose_device, get_rng_state, set_rng_state
+
+log = logging.getLogger("mlhw")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 0          # 0: same as batch_size
+    accum_steps: int = 1              # micro-batches per update; the update equals the big batch
+    clip_grad_norm: float = 0.0       # 0: no clipping
+    eval_every_steps: int = 0         # 0: validate at the end of every epoch
+    monitor: str = "valid_loss"       # metric for best.pt and early stopping
+    mode: str = "min"                 # min | max
+    patience: int = 0                 # evaluations without improvement before stopping; 0: off
+    min_delta: float = 0.0
+    save_every_epochs: int = 1        # write last.pt every N epochs (and at the end)
+    ckpt_every_steps: int = 0         # also write last.pt every N updates; 0: off
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:1 | mps
+    amp: bool = True                  # mixed precision on CUDA (bf16 if supported, else fp16)
+    num_workers: int = 0
+    threads: int = 0                  # CPU threads; 0: all cores available to the process
+    print_every_evals: int = 1        # print every Nth evaluation line (all go to log.txt)
+    max_batches_per_epoch: int = 0    # for dry runs; 0: all
+    max_eval_batches: int = 0         # for dry runs; 0: all
+
+
+class Objective:
+    """How a model meets a batch. A task overrides `loss` and usually `metrics`."""
+
+    def forward(self, model: nn.Module, batch) -> torch.Tensor:
+        return model(batch[0])
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def target(self, batch) -> torch.Tensor:
+        return batch[-1]
+
+    def batch_size(self, batch) -> int:
+        return len(batch[0])
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {}
+
+    def predict_output(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+
+class Callback:
+    """Hooks called by Trainer.fit; override any."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                    # epoch in progress
+    batch_in_epoch: int = 0           # batches of that epoch already consumed
+    step: int = 0                     # optimizer updates so far
+    best: float | None = None
+    best_step: int = -1
+    bad_evals: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(b, device, non_blocking) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, objective: Objective, cfg: TrainerConfig, *,
+                 optim: OptimConfig | None = None, sched: SchedConfig | None = None,
+                 run_dir: str | Path | None = None, callbacks: list[Callback] = (),
+                 extra_state: dict[str, Any] | None = None):
+        if cfg.mode not in ("min", "max"):
+            raise UserError(f"trainer.mode={cfg.mode!r} must be min or max")
+        if cfg.accum_steps < 1:
+            raise UserError("trainer.accum_steps must be at least 1")
+        self.cfg, self.objective = cfg, objective
+        self.optim_cfg, self.sched_cfg = optim or OptimConfig(), sched or SchedConfig()
+        self.device = choose_device(cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.extra_state = extra_state or {}
+        self.state = TrainState()
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._loss_count = 0
+        self.lr = self.optim_cfg.lr
+
+    # ---------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def full_state(self) -> dict[str, Any]:
+        return {
+            **self.extra_state,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.state.step},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "trainer": asdict(self.state),
+            "train_loss": {"sum": self._loss_sum.cpu(), "count": self._loss_count},
+            "rng": get_rng_state(),
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None
+                          for cb in self.callbacks],
+        }
+
+    def save_last(self) -> None:
+        if self.ckpt_dir:
+            save_checkpoint(self.ckpt_dir / "last.pt", self.full_state())
+
+    def save_best(self, metrics: dict[str, float]) -> None:
+        if self.ckpt_dir:
+            save_checkpoint(self.ckpt_dir / "best.pt", {
+                **self.extra_state, "model": self.model.state_dict(), "metrics": metrics,
+                "trainer": {"epoch": self.state.epoch, "step": self.state.step}})
+
+    def restore(self, path: str | Path) -> None:
+        """Continue exactly from a last.pt written by `save_last`."""
+        ckpt = load_checkpoint(path, required=("model", "optimizer", "trainer", "rng"))
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["trainer"])
+        self._loss_sum = ckpt["train_loss"]["sum"].to(self.device)
+        self._loss_count = ckpt["train_loss"]["count"]
+        for cb, cb_state in zip(self.callbacks, ckpt.get("callbacks", []), strict=False):
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(cb_state)
+        set_rng_state(ckpt["rng"])
+        if self.run_dir:
+            self._rewrite_metrics_csv()
+
+    # ---------------------------------------------------------------- logging
+    def _write(self, message: str, console: bool) -> None:
+        log.info(message)
+        if console:
+            tqdm.write(message, file=sys.stderr)
+
+    def _metrics_path(self) -> Path | None:
+        return self.run_dir / "metrics.csv" if self.run_dir else None
+
+    def _rewrite_metrics_csv(self) -> None:
+        path = self._metrics_path()
+        with atomic_write(path) as fh:
+            if self.state.history:
+                writer = csv.DictWriter(fh, fieldnames=list(self.state.history[0]))
+                writer.writeheader()
+                writer.writerows(self.state.history)
+
+    def _append_metrics(self, row: dict[str, float]) -> None:
+        path = self._metrics_path()
+        if path is None:
+            return
+        if len(self.state.history) == 1 or not path.exists():
+            self._rewrite_metrics_csv()
+            return
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=list(self.state.history[0])).writerow(row)
+
+    # ---------------------------------------------------------------- evaluation
+    def _loader(self, dataset, *, train: bool, epoch: int = 0, start_batch: int = 0):
+        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size
+                                                         or self.cfg.batch_size)
+        return build_loader(dataset, batch_size, shuffle=train, seed=self.cfg.seed, epoch=epoch,
+                            start_batch=start_batch, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda",
+                            collate_fn=getattr(dataset, "collate_fn", None))
+
+    @torch.no_grad()
+    def _outputs(self, dataset, with_loss: bool, max_batches: int = 0):
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, outputs, targets = 0, [], []
+        for i, batch in enumerate(self._loader(dataset, train=False)):
+            if max_batches and i >= max_batches:
+                break
+            batch = to_device(batch, self.device, non_blocking=True)
+            with autocast(self.device, self.amp_dtype):
+                output = self.objective.forward(self.model, batch)
+                if with_loss:
+                    n = self.objective.batch_size(batch)
+                    loss_sum += self.objective.loss(output, batch).double() * n
+                    count += n
+                    targets.append(self.objective.target(batch).detach().cpu())
+            outputs.append(self.objective.predict_output(output).float().cpu())
+        return outputs, targets, (loss_sum.item() / max(count, 1))
+
+    def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
+        """Mean loss (weighted by batch size) and the objective's metrics over the dataset."""
+        outputs, targets, loss = self._outputs(dataset, True, max_batches)
+        metrics = self.objective.metrics(torch.cat(outputs), torch.cat(targets))
+        return {"loss": loss, **{k: float(v) for k, v in metrics.items()}}
+
+    def predict(self, dataset) -> torch.Tensor:
+        """The objective's outputs for every item, in dataset order, on the CPU."""
+        outputs, _, _ = self._outputs(dataset, False)
+        return torch.cat(outputs)
+
+    # ---------------------------------------------------------------- training
+    def _improved(self, value: float) -> bool:
+        best = self.state.best
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        if self.cfg.mode == "min":
+            return value < best - self.cfg.min_delta
+        return value > best + self.cfg.min_delta
+
+    def _validate(self, valid_dataset) -> dict[str, float]:
+        metrics = {f"valid_{k}": v for k, v in
+                   self.evaluate(valid_dataset, self.cfg.max_eval_batches).items()}
+        train_loss = (self._loss_sum.item() / self._loss_count) if self._loss_count else math.nan
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr,
+               "train_loss": train_loss, **metrics}
+        if self.cfg.monitor not in row:
+            raise UserError(f"trainer.monitor={self.cfg.monitor!r} is not a logged metric; "
+                            f"choose one of {', '.join(k for k in row if k.startswith('valid_'))}")
+        self.state.history.append(row)
+        self._append_metrics(row)
+        value = row[self.cfg.monitor]
+        improved = self._improved(value)
+        if improved:
+            self.state.best, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
+            self.save_best(row)
+        else:
+            self.state.bad_evals += 1
+            if self.cfg.patience and self.state.bad_evals >= self.cfg.patience:
+                self.state.stopped = True
+        n_evals = len(self.state.history)
+        text = " ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in row.items())
+        self._write(text + (" *" if improved else ""),
+                    console=n_evals % max(1, self.cfg.print_every_evals) == 0
+                    or self.state.stopped)
+        for cb in self.callbacks:
+            cb.on_evaluate(self, row)
+        return row
+
+    def _group_counts(self, sizes: list[int]) -> list[int]:
+        """Samples in the accumulation group of each batch, for exact big-batch equivalence."""
+        a = self.cfg.accum_steps
+        return [sum(sizes[(b // a) * a:(b // a + 1) * a]) for b in range(len(sizes))]
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+
+    def fit(self, train_dataset, valid_dataset=None) -> TrainState:
+        cfg, st = self.cfg, self.state
+        sizes = EpochBatchSampler(len(train_dataset), cfg.batch_size, shuffle=False).batch_sizes()
+        if cfg.max_batches_per_epoch:
+            sizes = sizes[:cfg.max_batches_per_epoch]
+        if not sizes:
+            raise UserError("the training set is empty or smaller than one batch")
+        group_counts = self._group_counts(sizes)
+        steps_per_epoch = math.ceil(len(sizes) / cfg.accum_steps)
+        total_steps = steps_per_epoch * cfg.epochs
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        bar = tqdm(total=total_steps, initial=st.step, desc="train", dynamic_ncols=True,
+                   disable=None, file=sys.stderr)
+        while st.epoch < cfg.epochs and not st.stopped:
+            self.model.train()
+            loader = self._loader(train_dataset, train=True, epoch=st.epoch,
+                                  start_batch=st.batch_in_epoch)
+            for batch in loader:
+                b = st.batch_in_epoch
+                if b >= len(sizes):
+                    break
+                self.lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(
+                    st.step, self.sched_cfg, total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch))
+                batch = to_device(batch, self.device, non_blocking=True)
+                with autocast(self.device, self.amp_dtype):
+                    output = self.objective.forward(self.model, batch)
+                    loss = self.objective.loss(output, batch)
+                n = self.objective.batch_size(batch)
+                scaled = loss * (n / group_counts[b])
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                self._loss_sum += loss.detach().double() * n
+                self._loss_count += n
+                st.batch_in_epoch += 1
+                if st.batch_in_epoch % cfg.accum_steps and st.batch_in_epoch < len(sizes):
+                    continue
+                self._optimizer_step()
+                bar.update(1)
+                if st.step % 10 == 0:
+                    bar.set_postfix(epoch=st.epoch, loss=f"{loss.item():.4g}", refresh=False)
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
+                if valid_dataset is not None and cfg.eval_every_steps and \
+                        st.step % cfg.eval_every_steps == 0:
+                    self._validate(valid_dataset)
+                    self.model.train()
+                    if st.stopped:
+                        break
+                if cfg.ckpt_every_steps and st.step % cfg.ckpt_every_steps == 0:
+                    self.save_last()
+            if st.stopped:
+                break
+            st.epoch += 1
+            st.batch_in_epoch = 0
+            if valid_dataset is not None and not cfg.eval_every_steps:
+                self._validate(valid_dataset)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self)
+            if st.epoch % max(1, cfg.save_every_epochs) == 0 or st.epoch == cfg.epochs:
+                self.save_last()
+        bar.close()
+        if valid_dataset is not None and (not st.history or st.history[-1]["step"] != st.step):
+            self._validate(valid_dataset)
+        if valid_dataset is None:  # nothing to choose from: the final weights are the best
+            self.save_best({"epoch": st.epoch, "step": st.step})
+        self.save_last()
+        if self.run_dir and st.history:
+            from common.plots import plot_curves
+            plot_curves(st.history, self.run_dir / "curves.png", monitor=cfg.monitor)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return st

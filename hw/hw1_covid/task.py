@@ -1,0 +1,155 @@
+"""HW1 task: features from the header, optional SelectKBest, standardisation, an MLP, MSE."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.feature_selection import SelectKBest, f_regression, mutual_info_regression
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.data import as_float_tensor
+from common.errors import UserError
+from common.models import build_mlp
+from common.submission import write_submission
+from common.task import DataConfig, Task
+from hw.hw1_covid import data as covid
+
+
+@dataclass
+class CovidDataConfig(DataConfig):
+    valid_ratio: float = 0.2
+    split_seed: int = 5201314
+    features: str = "all"             # all | list | kbest
+    feature_list: list[str] = field(default_factory=list)  # names or globs, e.g. "d*.cli"
+    k: int = 16                       # kbest: how many features
+    score: str = "f_regression"       # kbest: f_regression | mutual_info
+    include_id: bool = False          # the course sample feeds the id column too
+    include_states: bool = True
+    normalize: bool = True            # standardise with training-split statistics
+
+
+@dataclass
+class CovidModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [16, 8])
+    activation: str = "relu"
+    dropout: float = 0.0
+    batchnorm: bool = False
+
+
+class CovidTask(Task):
+    name = "hw1"
+    title = "HW1 COVID-19 positive-rate regression (ml2022spring-hw1)"
+    data_config = CovidDataConfig
+    model_config = CovidModelConfig
+    submission_name = "pred.csv"
+    download_hint = "kaggle competitions download -c ml2022spring-hw1"
+    header = ("id", "tested_positive")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.columns: list[str] = []      # every feature column of the training file
+        self.selected: list[str] = []     # the model's inputs, in order
+        self.mean = self.std = None
+
+    # --- data -----------------------------------------------------------------------------
+    def load_train(self, data_dir: Path) -> covid.CovidTable:
+        table = covid.load_train_table(data_dir)
+        self.columns = table.columns
+        return table
+
+    def load_test(self, data_dir: Path) -> covid.CovidTable:
+        return covid.load_test_table(data_dir, self.columns)
+
+    def candidate_columns(self) -> list[str]:
+        cfg = self.config["data"]
+        names = [c for c in self.columns if "." in c or cfg.include_states]
+        return (["id"] if cfg.include_id else []) + names
+
+    def select_features(self, table: covid.CovidTable, train_idx: np.ndarray) -> list[str]:
+        cfg = self.config["data"]
+        candidates = self.candidate_columns()
+        if cfg.features == "all":
+            return candidates
+        if cfg.features == "list":
+            chosen = []
+            for pattern in cfg.feature_list:
+                hits = [c for c in [*candidates, "id"] if fnmatch.fnmatchcase(c, pattern)]
+                if not hits:
+                    raise UserError(f"data.feature_list: {pattern!r} matches no column of "
+                                    f"{table.path}; columns look like AL, d1.cli, "
+                                    "d4.tested_positive")
+                chosen += [c for c in hits if c not in chosen]
+            return chosen
+        if cfg.features == "kbest":
+            scores = {"f_regression": f_regression,
+                      "mutual_info": lambda x, y: mutual_info_regression(
+                          x, y, random_state=cfg.split_seed)}
+            if cfg.score not in scores:
+                raise UserError(f"data.score={cfg.score!r}: choose f_regression or mutual_info")
+            k = min(cfg.k, len(candidates))
+            selector = SelectKBest(scores[cfg.score], k=k)
+            selector.fit(table.column_matrix(candidates)[train_idx], table.target[train_idx])
+            return [c for c, keep in zip(candidates, selector.get_support(), strict=True) if keep]
+        raise UserError(f"data.features={cfg.features!r}: choose all, list or kbest")
+
+    def _inputs(self, table: covid.CovidTable, rows=slice(None)) -> torch.Tensor:
+        x = table.column_matrix(self.selected)[rows]
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return as_float_tensor(x)
+
+    def make_datasets(self, table, train_idx, valid_idx):
+        self.selected = self.select_features(table, train_idx)
+        if self.config["data"].normalize:
+            x = table.column_matrix(self.selected)[train_idx]
+            self.mean = x.mean(axis=0)
+            std = x.std(axis=0)
+            self.std = np.where(std > 1e-12, std, 1.0)
+        target = as_float_tensor(table.target)
+        train = TensorDataset(self._inputs(table, train_idx), target[train_idx])
+        valid = TensorDataset(self._inputs(table, valid_idx), target[valid_idx]) \
+            if len(valid_idx) else None
+        return train, valid
+
+    def make_test_dataset(self, table):
+        return TensorDataset(self._inputs(table))
+
+    # --- fitted state, saved in every checkpoint -----------------------------------------
+    def state_dict(self) -> dict:
+        return {"columns": list(self.columns), "selected": list(self.selected),
+                "mean": None if self.mean is None else torch.from_numpy(self.mean),
+                "std": None if self.std is None else torch.from_numpy(self.std)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.columns, self.selected = list(state["columns"]), list(state["selected"])
+        self.mean = None if state["mean"] is None else state["mean"].numpy()
+        self.std = None if state["std"] is None else state["std"].numpy()
+
+    # --- model and objective ------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        cfg = self.config["model"]
+        return build_mlp(len(self.selected), cfg.hidden, 1, activation=cfg.activation,
+                         dropout=cfg.dropout, batchnorm=cfg.batchnorm)
+
+    def forward(self, model, batch):
+        return model(batch[0]).squeeze(-1)
+
+    def loss(self, output, batch):
+        return nn.functional.mse_loss(output.float(), batch[-1])
+
+    def metrics(self, outputs, targets):
+        return {"mse": torch.mean((outputs - targets) ** 2).item()}
+
+    def write_submission(self, table, outputs, path: Path) -> Path:
+        ids = table.ids.tolist()
+        return write_submission(path, self.header, ids, outputs.double().numpy(),
+                                expected_ids=ids)
+
+    @classmethod
+    def write_demo_data(cls, dest: Path) -> Path:
+        return covid.write_demo_data(Path(dest))
