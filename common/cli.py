@@ -32,7 +32,7 @@ def _add_train_parser(sub, task_name: str) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="DIR", help=f"data folder (default: data/{task_name})")
     src.add_argument("--demo", action="store_true",
-                     help=f"use the synthetic demo data (written to data/demo/{task_name} if absent)")
+                     help=f"use synthetic demo data (written to data/demo/{task_name} if absent)")
     g.add_argument("--out", metavar="DIR",
                    help=f"run directory (default: runs/{task_name}/<timestamp>-<config name>)")
     g = p.add_argument_group("control")

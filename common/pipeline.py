@@ -78,6 +78,22 @@ def predict_and_write(task: Task, trainer: Trainer, test_data, run_dir: Path) ->
     return task.write_submission(test_data, outputs, run_dir / task.submission_name)
 
 
+def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | None = None,
+              resume: bool = False, callbacks: list[Callback] = ()) -> Trainer:
+    """Fit preprocessing and a fresh model on train_idx, validate on valid_idx, and leave the
+    best weights in the returned trainer's model. Without run_dir nothing is written."""
+    train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
+    seed_everything(task.config["trainer"].seed)
+    trainer = _make_trainer(task, task.build_model(), run_dir, callbacks)
+    log.info("%d train / %d valid items, device %s", len(train_ds),
+             len(valid_ds) if valid_ds is not None else 0, trainer.device)
+    if resume:
+        trainer.restore(run_dir / "checkpoints" / "last.pt")
+    trainer.fit(train_ds, valid_ds)
+    trainer.load_best()
+    return trainer
+
+
 def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bool = False,
               callbacks: list[Callback] = ()) -> dict:
     """Train, then predict the test set with the best checkpoint. Returns paths and metrics."""
@@ -94,22 +110,12 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
         data_dir = data_dir_of(task)
         train_data = task.load_train(data_dir)
         test_data = task.load_test(data_dir)  # read before training: a bad file fails early
-        train_idx, valid_idx = task.split(train_data)
-        train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
-        seed_everything(config["trainer"].seed)
-        model = task.build_model()
-        trainer = _make_trainer(task, model, run_dir, callbacks)
-        log.info("run %s: %d train / %d valid items, device %s", run_dir, len(train_ds),
-                 len(valid_ds) if valid_ds is not None else 0, trainer.device)
-        if resume:
-            trainer.restore(last)
-        state = trainer.fit(train_ds, valid_ds)
-        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-        trainer.model.load_state_dict(best["model"])
+        trainer = fit_split(task, train_data, *task.split(train_data), run_dir=run_dir,
+                            resume=resume, callbacks=callbacks)
         submission = predict_and_write(task, trainer, test_data, run_dir)
         log.info("submission written to %s", submission)
-    return {"run_dir": run_dir, "submission": submission, "best": state.best,
-            "best_metrics": best.get("metrics", {}), "trainer": trainer}
+    return {"run_dir": run_dir, "submission": submission, "best": trainer.state.best,
+            "trainer": trainer}
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:

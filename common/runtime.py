@@ -43,7 +43,8 @@ def choose_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or mps") from None
+        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or "
+                        "mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device asks for cuda but no CUDA device is available; use auto")
     return device
@@ -52,7 +53,8 @@ def choose_device(name: str = "auto") -> torch.device:
 def set_cpu_threads(threads: int = 0) -> int:
     """Use the given thread count, or every core this process may run on (0)."""
     if threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count())
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 

@@ -66,6 +66,10 @@ class Task(Objective):
         """Fit any preprocessing on the training part only; return (train, valid) datasets."""
         raise NotImplementedError
 
+    def labelled_dataset(self, train_data: Any, idx: np.ndarray):
+        """Items idx of the training data, with labels, under the preprocessing already fitted."""
+        raise NotImplementedError
+
     def make_test_dataset(self, test_data: Any):
         raise NotImplementedError
 

@@ -131,6 +131,7 @@ class Trainer:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._loss_count = 0
         self.lr = self.optim_cfg.lr
+        self.best_model_state: dict[str, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -151,12 +152,23 @@ class Trainer:
                           for cb in self.callbacks],
         }
 
+    def load_best(self) -> None:
+        """Put the best weights (from best.pt or from memory) into the model."""
+        if self.ckpt_dir:
+            self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
+        elif self.best_model_state is not None:
+            self.model.load_state_dict(self.best_model_state)
+
     def save_last(self) -> None:
         if self.ckpt_dir:
             save_checkpoint(self.ckpt_dir / "last.pt", self.full_state())
 
     def save_best(self, metrics: dict[str, float]) -> None:
-        if self.ckpt_dir:
+        """Write best.pt, or keep the best weights in memory when there is no run directory."""
+        if not self.ckpt_dir:
+            self.best_model_state = {k: v.detach().clone()
+                                     for k, v in self.model.state_dict().items()}
+        else:
             save_checkpoint(self.ckpt_dir / "best.pt", {
                 **self.extra_state, "model": self.model.state_dict(), "metrics": metrics,
                 "trainer": {"epoch": self.state.epoch, "step": self.state.step}})
@@ -254,24 +266,26 @@ class Trainer:
         return value > best + self.cfg.min_delta
 
     def _validate(self, valid_dataset) -> dict[str, float]:
-        metrics = {f"valid_{k}": v for k, v in
-                   self.evaluate(valid_dataset, self.cfg.max_eval_batches).items()}
+        """Log a metrics row; with a validation set also track the best and early stopping."""
+        metrics = {} if valid_dataset is None else {
+            f"valid_{k}": v for k, v in
+            self.evaluate(valid_dataset, self.cfg.max_eval_batches).items()}
         train_loss = (self._loss_sum.item() / self._loss_count) if self._loss_count else math.nan
         self._loss_sum.zero_()
         self._loss_count = 0
         row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr,
                "train_loss": train_loss, **metrics}
-        if self.cfg.monitor not in row:
+        if valid_dataset is not None and self.cfg.monitor not in row:
             raise UserError(f"trainer.monitor={self.cfg.monitor!r} is not a logged metric; "
                             f"choose one of {', '.join(k for k in row if k.startswith('valid_'))}")
         self.state.history.append(row)
         self._append_metrics(row)
-        value = row[self.cfg.monitor]
-        improved = self._improved(value)
+        value = row.get(self.cfg.monitor, math.nan)
+        improved = valid_dataset is not None and self._improved(value)
         if improved:
             self.state.best, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
             self.save_best(row)
-        else:
+        elif valid_dataset is not None:
             self.state.bad_evals += 1
             if self.cfg.patience and self.state.bad_evals >= self.cfg.patience:
                 self.state.stopped = True
@@ -346,8 +360,7 @@ class Trainer:
                     bar.set_postfix(epoch=st.epoch, loss=f"{loss.item():.4g}", refresh=False)
                 for cb in self.callbacks:
                     cb.on_step_end(self)
-                if valid_dataset is not None and cfg.eval_every_steps and \
-                        st.step % cfg.eval_every_steps == 0:
+                if cfg.eval_every_steps and st.step % cfg.eval_every_steps == 0:
                     self._validate(valid_dataset)
                     self.model.train()
                     if st.stopped:
@@ -358,14 +371,14 @@ class Trainer:
                 break
             st.epoch += 1
             st.batch_in_epoch = 0
-            if valid_dataset is not None and not cfg.eval_every_steps:
+            if not cfg.eval_every_steps:
                 self._validate(valid_dataset)
             for cb in self.callbacks:
                 cb.on_epoch_end(self)
             if st.epoch % max(1, cfg.save_every_epochs) == 0 or st.epoch == cfg.epochs:
                 self.save_last()
         bar.close()
-        if valid_dataset is not None and (not st.history or st.history[-1]["step"] != st.step):
+        if not st.history or st.history[-1]["step"] != st.step:
             self._validate(valid_dataset)
         if valid_dataset is None:  # nothing to choose from: the final weights are the best
             self.save_best({"epoch": st.epoch, "step": st.step})

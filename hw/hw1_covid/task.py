@@ -105,16 +105,16 @@ class CovidTask(Task):
 
     def make_datasets(self, table, train_idx, valid_idx):
         self.selected = self.select_features(table, train_idx)
+        self.mean = self.std = None
         if self.config["data"].normalize:
             x = table.column_matrix(self.selected)[train_idx]
-            self.mean = x.mean(axis=0)
             std = x.std(axis=0)
-            self.std = np.where(std > 1e-12, std, 1.0)
-        target = as_float_tensor(table.target)
-        train = TensorDataset(self._inputs(table, train_idx), target[train_idx])
-        valid = TensorDataset(self._inputs(table, valid_idx), target[valid_idx]) \
-            if len(valid_idx) else None
-        return train, valid
+            self.mean, self.std = x.mean(axis=0), np.where(std > 1e-12, std, 1.0)
+        valid = self.labelled_dataset(table, valid_idx) if len(valid_idx) else None
+        return self.labelled_dataset(table, train_idx), valid
+
+    def labelled_dataset(self, table, idx):
+        return TensorDataset(self._inputs(table, idx), as_float_tensor(table.target[idx]))
 
     def make_test_dataset(self, table):
         return TensorDataset(self._inputs(table))
