@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Trainer overhead: common.Trainer against a bare PyTorch loop, same model, data and seed.
+
+An MLP with three hidden layers of 512 units, batch 256, tensor data, on the CPU. Both loops
+shuffle with a fresh permutation each epoch and index the tensors by batch. Runs alternate and
+the median of several repeats is reported, with the ratio Trainer / bare (target: <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from common.models import build_mlp  # noqa: E402
+from common.optim import OptimConfig  # noqa: E402
+from common.runtime import set_cpu_threads  # noqa: E402
+from common.trainer import Objective, Trainer, TrainerConfig  # noqa: E402
+
+N, FEATURES, BATCH, SEED = 16384, 256, 256, 0
+
+
+class Regression(Objective):
+    def forward(self, model, batch):
+        return model(batch[0]).squeeze(-1)
+
+    def loss(self, output, batch):
+        return nn.functional.mse_loss(output, batch[1])
+
+
+def make_data():
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(N, FEATURES, generator=gen)
+    y = x[:, :8].sum(1) + 0.1 * torch.randn(N, generator=gen)
+    return x, y
+
+
+def make_model():
+    torch.manual_seed(SEED)
+    return build_mlp(FEATURES, [512, 512, 512], 1)
+
+
+def bare_loop(x, y, epochs: int) -> float:
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(SEED)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(N, generator=gen)
+        for i in range(0, N, BATCH):
+            idx = order[i:i + BATCH]
+            loss = nn.functional.mse_loss(model(x[idx]).squeeze(-1), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def trainer_loop(x, y, epochs: int, run_dir: Path | None) -> float:
+    cfg = TrainerConfig(epochs=epochs, batch_size=BATCH, seed=SEED, device="cpu",
+                        print_every_evals=10**9)
+    trainer = Trainer(make_model(), Regression(), cfg, optim=OptimConfig(name="adamw", lr=1e-3),
+                      run_dir=run_dir)
+    start = time.perf_counter()
+    trainer.fit(TensorDataset(x, y))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    threads = set_cpu_threads(0)
+    x, y = make_data()
+    times = {"bare": [], "trainer": [], "trainer+files": []}
+    bare_loop(x, y, 1)  # warm-up
+    for _ in range(args.repeats):
+        times["bare"].append(bare_loop(x, y, args.epochs))
+        times["trainer"].append(trainer_loop(x, y, args.epochs, None))
+        with tempfile.TemporaryDirectory() as tmp:
+            times["trainer+files"].append(trainer_loop(x, y, args.epochs, Path(tmp)))
+    steps = args.epochs * (N // BATCH)
+    base = statistics.median(times["bare"])
+    print(f"MLP {FEATURES}-512-512-512-1, batch {BATCH}, {steps} steps, {threads} CPU threads, "
+          f"median of {args.repeats}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:14s} {med:7.3f} s  {1000 * med / steps:6.2f} ms/step  ratio {med / base:.3f}")
+    print("trainer = the Trainer without a run directory; trainer+files adds last.pt/best.pt "
+          "checkpoints, metrics.csv and curves.png every epoch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from common.data import EpochBatchSampler, build_loader, split_train_valid
+from common.errors import UserError
+from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor
+from common.runtime import (amp_dtype, choose_device, get_rng_state, seed_everything,
+                            set_rng_state)
+
+
+def test_seed_and_rng_state_round_trip():
+    seed_everything(3)
+    first = (random.random(), np.random.rand(), torch.rand(2))
+    seed_everything(3)
+    assert (random.random(), np.random.rand()) == first[:2] and torch.equal(torch.rand(2),
+                                                                            first[2])
+    state = get_rng_state()
+    ahead = (random.random(), np.random.rand(), torch.rand(3))
+    set_rng_state(state)
+    assert (random.random(), np.random.rand()) == ahead[:2]
+    assert torch.equal(torch.rand(3), ahead[2])
+
+
+def test_device_choice_and_amp_off_on_cpu():
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(UserError):
+        choose_device("toaster")
+    assert amp_dtype(torch.device("cpu"), True) is None
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    tr, va = split_train_valid(2699, 0.2, 5201314)
+    assert len(va) == 539 and len(tr) == 2160
+    assert set(tr).isdisjoint(va) and set(tr) | set(va) == set(range(2699))
+    tr2, va2 = split_train_valid(2699, 0.2, 5201314)
+    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+    assert not np.array_equal(va, split_train_valid(2699, 0.2, 1)[1])
+    with pytest.raises(UserError):
+        split_train_valid(10, 1.5, 0)
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    sampler = EpochBatchSampler(103, 10, shuffle=True, seed=7)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert [len(b) for b in full] == sampler.batch_sizes() == [10] * 10 + [3]
+    assert sorted(i for b in full for i in b) == list(range(103))
+    sampler.set_epoch(2, start_batch=4)
+    assert list(sampler) == full[4:] and len(sampler) == 7
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+    assert EpochBatchSampler(103, 10, shuffle=False, drop_last=True).num_batches() == 10
+
+
+def test_tensor_loader_yields_whole_batches_without_collate():
+    x = torch.arange(50.0).unsqueeze(1)
+    loader = build_loader(TensorDataset(x, x.squeeze(1)), 16, shuffle=True, seed=1, epoch=0)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [16, 16, 16, 2]
+    assert torch.equal(batches[0][0].squeeze(1), batches[0][1])
+    seen = torch.cat([b[1] for b in batches])
+    assert sorted(seen.tolist()) == list(range(50))
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    kw = dict(total_steps=100, steps_per_epoch=10)
+    assert lr_factor(0, SchedConfig(name="constant"), **kw) == 1.0
+    warm = SchedConfig(name="cosine", warmup_steps=10)
+    assert lr_factor(0, warm, **kw) == pytest.approx(0.1)
+    assert lr_factor(9, warm, **kw) == pytest.approx(1.0)
+    assert lr_factor(10, warm, **kw) == pytest.approx(1.0)
+    assert lr_factor(55, warm, **kw) == pytest.approx(0.5)
+    assert lr_factor(100, warm, **kw) == pytest.approx(0.0)
+    step = SchedConfig(name="step", step_epochs=2, gamma=0.5)
+    assert [lr_factor(s, step, **kw) for s in (0, 19, 20, 45)] == [1, 1, 0.5, 0.25]
+    inv = SchedConfig(name="inverse_sqrt", warmup_steps=4)
+    assert lr_factor(3, inv, **kw) == 1.0 and lr_factor(15, inv, **kw) == pytest.approx(0.5)
+    assert lr_factor(5, SchedConfig(name="cosine", warmup_epochs=1.0), **kw) == \
+        pytest.approx(0.6)
+    assert math.isclose(lr_factor(50, SchedConfig(name="cosine", min_lr_ratio=0.2), **kw),
+                        0.6)
+    with pytest.raises(UserError):
+        lr_factor(0, SchedConfig(name="wiggly"), **kw)
+
+
+def test_optimizers_by_name():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(params, OptimConfig(name="sgd", lr=0.1, momentum=0.9,
+                                              weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    assert isinstance(build_optimizer(params, OptimConfig(name="adam")), torch.optim.Adam)
+    adamw = build_optimizer(params, OptimConfig(name="AdamW", weight_decay=0.05))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.05
+    with pytest.raises(UserError, match="optim.name"):
+        build_optimizer(params, OptimConfig(name="lion"))

@@ -1,0 +1,115 @@
+import csv
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.errors import UserError
+from common.optim import OptimConfig, SchedConfig
+from common.trainer import Callback, Objective, Trainer, TrainerConfig
+
+
+class Regression(Objective):
+    def forward(self, model, batch):
+        return model(batch[0]).squeeze(-1)
+
+    def loss(self, output, batch):
+        return nn.functional.mse_loss(output, batch[1])
+
+    def metrics(self, outputs, targets):
+        return {"mse": torch.mean((outputs - targets) ** 2).item()}
+
+
+def data(n=300, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=gen)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.05 * torch.randn(n, generator=gen)
+    return TensorDataset(x, y)
+
+
+def model(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 1))
+
+
+def cfg(**kw):
+    base = dict(epochs=3, batch_size=32, seed=0, device="cpu", print_every_evals=10**6)
+    return TrainerConfig(**{**base, **kw})
+
+
+def test_learns_and_writes_run_files(tmp_path):
+    trainer = Trainer(model(), Regression(), cfg(epochs=30),
+                      optim=OptimConfig(name="adam", lr=1e-2),
+                      sched=SchedConfig(name="cosine", warmup_steps=5), run_dir=tmp_path)
+    before = trainer.evaluate(data(200, seed=1))["mse"]
+    state = trainer.fit(data(), data(200, seed=1))
+    after = trainer.evaluate(data(200, seed=1))["mse"]
+    assert before > 5 and after < 0.1 * before
+    assert state.step == 30 * 10 and state.epoch == 30
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) == 30 and list(rows[0]) == ["epoch", "step", "lr", "train_loss",
+                                                  "valid_loss", "valid_mse"]
+    assert float(rows[-1]["valid_mse"]) == pytest.approx(state.history[-1]["valid_mse"])
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    runs = []
+    for batch, accum in ((128, 1), (32, 4), (64, 2)):
+        trainer = Trainer(model(), Regression(), cfg(batch_size=batch, accum_steps=accum),
+                          optim=OptimConfig(name="sgd", lr=0.05, momentum=0.9))
+        trainer.fit(data(300))  # 300 = 128 + 128 + 44: the last group is short
+        assert trainer.state.step == 3 * 3
+        runs.append(trainer.model.state_dict())
+    for other in runs[1:]:
+        for key, value in runs[0].items():
+            assert torch.allclose(value, other[key], atol=1e-6), key
+
+
+def test_gradient_clipping_bounds_the_update():
+    trainer = Trainer(model(), Regression(), cfg(epochs=1, batch_size=300, clip_grad_norm=0.01),
+                      optim=OptimConfig(name="sgd", lr=1.0, momentum=0.0))
+    before = torch.cat([p.detach().clone().flatten() for p in trainer.model.parameters()])
+    trainer.fit(data(300))
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert 0.009 < torch.linalg.norm(after - before).item() <= 0.01 + 1e-6
+
+
+def test_early_stopping_and_best_tracking():
+    trainer = Trainer(model(), Regression(), cfg(epochs=50, patience=3),
+                      optim=OptimConfig(name="sgd", lr=0.0))
+    state = trainer.fit(data(), data(100, seed=2))
+    assert state.stopped and len(state.history) == 4 and state.best_step == 10
+    assert trainer.best_model_state is not None
+
+
+def test_eval_every_steps_callbacks_and_unknown_monitor():
+    calls = {"step": 0, "eval": 0, "epoch": 0, "start": 0, "end": 0}
+
+    class Count(Callback):
+        def on_fit_start(self, trainer): calls["start"] += 1
+        def on_step_end(self, trainer): calls["step"] += 1
+        def on_evaluate(self, trainer, metrics): calls["eval"] += 1
+        def on_epoch_end(self, trainer): calls["epoch"] += 1
+        def on_fit_end(self, trainer): calls["end"] += 1
+
+    trainer = Trainer(model(), Regression(), cfg(epochs=2, eval_every_steps=4),
+                      callbacks=[Count()])
+    state = trainer.fit(data(), data(64, seed=3))
+    assert [row["step"] for row in state.history] == [4, 8, 12, 16, 20]
+    assert calls == {"step": 20, "eval": 5, "epoch": 2, "start": 1, "end": 1}
+    with pytest.raises(UserError, match="trainer.monitor='valid_acc'"):
+        Trainer(model(), Regression(), cfg(monitor="valid_acc")).fit(data(), data(64))
+
+
+def test_evaluate_weights_uneven_batches_and_predict_keeps_order():
+    trainer = Trainer(model(), Regression(), cfg(batch_size=64))
+    ds = data(100)
+    outputs = trainer.predict(TensorDataset(ds.tensors[0]))
+    assert outputs.shape == (100,)
+    expected = torch.mean((outputs - ds.tensors[1]) ** 2).item()
+    assert trainer.evaluate(ds)["loss"] == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(outputs, trainer.model(ds.tensors[0]).squeeze(-1))
