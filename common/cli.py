@@ -98,7 +98,7 @@ def _train(task_cls: type[Task], args) -> int:
         name += "-demo" if args.demo else ""
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    print(f"run directory: {run_dir}")
     result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
     best = result["best"]
     monitor = config["trainer"].monitor

@@ -1,0 +1,196 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import load_config
+from common.submission import validate_submission
+from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
+from hw.hw1_covid.task import CovidTask
+from tests.conftest import ROOT, run_cli
+
+HEADER = ("id", "tested_positive")
+
+
+def task(*overrides):
+    return CovidTask(load_config(CovidTask.schema(), None, list(overrides)))
+
+
+def test_demo_data_has_the_2022_layout_and_is_deterministic(hw1_demo, tmp_path):
+    train = pd.read_csv(hw1_demo / "covid.train.csv")
+    test = pd.read_csv(hw1_demo / "covid.test.csv")
+    assert train.shape == (2699, 118) and test.shape == (1078, 117)
+    assert list(test["id"]) == list(range(1078))
+    again = write_demo_data(tmp_path / "again")
+    assert (again / "covid.train.csv").read_bytes() == (hw1_demo / "covid.train.csv").read_bytes()
+
+
+def test_demo_header_matches_the_real_file(hw1_demo, real_hw1):
+    for name in ("covid.train.csv", "covid.test.csv"):
+        demo = (hw1_demo / name).read_text().splitlines()[0]
+        assert demo == (real_hw1 / name).read_text().splitlines()[0]
+
+
+def test_real_2022_tables_are_parsed_from_the_header(real_hw1):
+    train = load_train_table(real_hw1)
+    assert train.features.shape == (2699, 116) and len(train.columns) == 116
+    assert train.columns[:2] == ["AL", "AK"] and train.columns[37] == "d1.cli"
+    assert train.columns[-1] == "d5.worried_finances" and "d4.tested_positive" in train.columns
+    assert 0.34 < train.target.min() and train.target.max() < 30.31
+    assert 2239 not in set(train.ids)
+    test = load_test_table(real_hw1, train.columns)
+    assert list(test.ids) == list(range(1078))
+
+
+def test_canonical_names_for_raw_and_pandas_style_headers():
+    raw = ["id", "AL", "cli", "tested_positive", "cli", "tested_positive"]
+    mangled = ["id", "AL", "cli", "tested_positive", "cli.1", "tested_positive.1"]
+    expected = ["id", "AL", "d1.cli", "d1.tested_positive", "d2.cli", "d2.tested_positive"]
+    assert canonical_names(raw) == canonical_names(mangled) == expected
+
+
+def write_layout(folder, train_name, test_name, states, features, days, *, mangle=False):
+    rng = np.random.default_rng(0)
+    names = ["id", *states]
+    for d in range(days):
+        names += [f"{f}.{d}" if mangle and d else f for f in features]
+    for name, n, drop in ((train_name, 60, 0), (test_name, 20, 1)):
+        values = rng.uniform(0, 5, (n, len(names) - 1 - drop))
+        frame = pd.DataFrame(values, columns=names[1:len(names) - drop])
+        frame.insert(0, "id", range(n))
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(folder / name, index=False)
+
+
+def test_2021_and_2023_layouts_load(tmp_path):
+    feats18 = ["cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli", "wearing_mask", "a", "b", "c",
+               "d", "e", "f", "g", "anxious", "depressed", "felt_isolated", "worried_become_ill",
+               "worried_finances", "tested_positive"]
+    write_layout(tmp_path / "2021", "covid.train.csv", "covid.test.csv",
+                 [f"S{i}" for i in range(40)], feats18, 3)
+    t21 = CovidTask(task().config)
+    table = t21.load_train(tmp_path / "2021")
+    assert table.features.shape == (60, 40 + 3 * 18 - 1)
+    assert table.columns[-1] == "d3.worried_finances"
+    assert len(t21.load_test(tmp_path / "2021")) == 20
+    write_layout(tmp_path / "2023", "covid_train.csv", "covid_test.csv",
+                 ["AZ", "CA", "FL", "IL", "NY", "TX", "WA", "OH"], feats18[:14] + feats18[16:], 5,
+                 mangle=True)
+    table = load_train_table(tmp_path / "2023")
+    assert table.features.shape == (60, 8 + 5 * 16 - 1)
+    assert table.columns[-1] == "d5.worried_finances"
+
+
+def test_crlf_float_onehots_alternative_names_and_kaggle_nesting(hw1_demo, tmp_path):
+    nested = tmp_path / "ml2022spring-hw1" / "inner"
+    nested.mkdir(parents=True)
+    for src, dst in (("covid.train.csv", "covid.train_new.csv"),
+                     ("covid.test.csv", "covid.test_un.csv")):
+        lines = (hw1_demo / src).read_text().splitlines()
+        rows = [lines[0]] + [",".join([c.split(",")[0]] + [f"{float(v):.1f}" if v in "01" else v
+                                                           for v in c.split(",")[1:]])
+                             for c in lines[1:]]
+        (nested / dst).write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    plain = load_train_table(hw1_demo)
+    variant = load_train_table(tmp_path / "ml2022spring-hw1")
+    assert variant.path.name == "covid.train_new.csv"
+    assert np.array_equal(plain.features, variant.features)
+    assert np.array_equal(plain.target, variant.target)
+    assert len(load_test_table(tmp_path / "ml2022spring-hw1", plain.columns)) == 1078
+
+
+def test_feature_choices(hw1_demo):
+    t = task()
+    table = t.load_train(hw1_demo)
+    tr, va = t.split(table)
+    t.make_datasets(table, tr, va)
+    assert "id" not in t.selected and len(t.selected) == 116
+    t = task("data.include_id=true", "data.include_states=false")
+    t.load_train(hw1_demo)
+    t.make_datasets(table, tr, va)
+    assert t.selected[0] == "id" and len(t.selected) == 80
+    t = task("data.features=list", 'data.feature_list=["d*.tested_positive", "d5.cli", "AL"]')
+    t.load_train(hw1_demo)
+    t.make_datasets(table, tr, va)
+    assert t.selected == [f"d{d}.tested_positive" for d in range(1, 5)] + ["d5.cli", "AL"]
+
+
+def test_kbest_and_standardisation_use_the_training_split_only(hw1_demo):
+    t = task("data.features=kbest", "data.k=8")
+    table = t.load_train(hw1_demo)
+    tr, va = t.split(table)
+    train_ds, valid_ds = t.make_datasets(table, tr, va)
+    chosen = list(t.selected)
+    assert len(chosen) == 8 and any("tested_positive" in c for c in chosen)
+    x = train_ds.tensors[0]
+    assert x.mean(0).abs().max() < 1e-4 and (x.std(0) - 1).abs().max() < 1e-2
+    assert valid_ds.tensors[0].mean(0).abs().max() > 1e-3  # valid rows are not re-centred
+    table.target[va] = np.random.default_rng(0).permutation(table.target[va]) * 100
+    t.make_datasets(table, tr, va)
+    assert t.selected == chosen
+
+
+def test_learns_the_demo_data_beyond_chance(hw1_demo, tmp_path):
+    result = run_cli("hw1", "train", "--data", str(hw1_demo), "--out", str(tmp_path / "run"),
+                     "--set", "trainer.epochs=40", "--set", "data.valid_ratio=0.2",
+                     "--set", "model.hidden=[64]", "--set", "optim.lr=1e-2")
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    variance = pd.read_csv(hw1_demo / "covid.train.csv").iloc[:, -1].var()
+    assert rows["valid_mse"].min() < 0.02 * variance  # measured: 0.29 against a variance of 37
+    frame = validate_submission(tmp_path / "run" / "pred.csv", HEADER, range(1078))
+    assert frame["tested_positive"].between(0, 100).all()
+
+
+def test_cli_dry_run_predict_and_list(hw1_demo, tmp_path):
+    run = tmp_path / "dry"
+    result = run_cli("hw1", "train", "--data", str(hw1_demo), "--out", str(run), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"submission: {run / 'pred.csv'}" in result.stdout
+    for name in ("config.toml", "metrics.csv", "curves.png", "log.txt", "test_outputs.pt",
+                 "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    first = (run / "pred.csv").read_text()
+    validate_submission(run / "pred.csv", HEADER, range(1078))
+    (run / "pred.csv").unlink()
+    again = run_cli("hw1", "predict", "--run", str(run))
+    assert again.returncode == 0, again.stderr
+    assert (run / "pred.csv").read_text() == first
+    last = run_cli("hw1", "predict", "--run", str(run), "--ckpt", "last")
+    assert last.returncode == 0, last.stderr
+    listing = run_cli("list")
+    assert listing.returncode == 0 and "hw1" in listing.stdout
+    helptext = run_cli("hw1", "train", "--help").stdout
+    for option in ("--config", "--data", "--demo", "--out", "--set", "--resume", "--dry-run"):
+        assert option in helptext
+
+
+def test_demo_flag_writes_demo_data_once(tmp_path):
+    result = run_cli("hw1", "train", "--demo", "--dry-run", "--out", str(tmp_path / "r"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "demo" / "hw1" / "covid.train.csv").is_file()
+    made = run_cli("hw1", "demo-data", "--dest", str(tmp_path / "d"))
+    assert made.returncode == 0 and (tmp_path / "d" / "covid.test.csv").is_file()
+
+
+def test_sample_config_reproduces_the_course_sample():
+    cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml")
+    assert cfg["data"].include_id and not cfg["data"].normalize
+    assert cfg["model"].hidden == [16, 8]
+    assert (cfg["optim"].name, cfg["optim"].lr, cfg["optim"].momentum) == ("sgd", 1e-5, 0.9)
+    assert (cfg["trainer"].batch_size, cfg["trainer"].epochs, cfg["trainer"].patience) == \
+        (256, 3000, 400)
+    assert cfg["trainer"].seed == cfg["data"].split_seed == 5201314
+
+
+@pytest.mark.slow
+def test_best_recipe_on_the_real_table(real_hw1, tmp_path):
+    """hw1.toml, briefly, with a 20% validation split: measured valid MSE ~0.95 at 150 epochs."""
+    result = run_cli("hw1", "train", "--data", str(real_hw1), "--out", str(tmp_path / "real"),
+                     "--set", "data.valid_ratio=0.2", "--set", "trainer.epochs=150")
+    assert result.returncode == 0, result.stderr
+    best = pd.read_csv(tmp_path / "real" / "metrics.csv")["valid_mse"].min()
+    assert best < 1.3
+    shutil.rmtree(tmp_path / "real")
