@@ -36,6 +36,7 @@ class TrainerConfig:
     eval_batch_size: int = 0          # 0: same as batch_size
     accum_steps: int = 1              # micro-batches per update; the update equals the big batch
     clip_grad_norm: float = 0.0       # 0: no clipping
+    drop_last: bool = False           # drop the last short training batch of each epoch
     eval_every_steps: int = 0         # 0: validate at the end of every epoch
     monitor: str = "valid_loss"       # metric for best.pt and early stopping
     mode: str = "min"                 # min | max
@@ -222,7 +223,8 @@ class Trainer:
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size
                                                          or self.cfg.batch_size)
         return build_loader(dataset, batch_size, shuffle=train, seed=self.cfg.seed, epoch=epoch,
-                            start_batch=start_batch, num_workers=self.cfg.num_workers,
+                            start_batch=start_batch, drop_last=train and self.cfg.drop_last,
+                            num_workers=self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
                             collate_fn=getattr(dataset, "collate_fn", None))
 
@@ -319,7 +321,8 @@ class Trainer:
 
     def fit(self, train_dataset, valid_dataset=None) -> TrainState:
         cfg, st = self.cfg, self.state
-        sizes = EpochBatchSampler(len(train_dataset), cfg.batch_size, shuffle=False).batch_sizes()
+        sizes = EpochBatchSampler(len(train_dataset), cfg.batch_size, shuffle=False,
+                                  drop_last=cfg.drop_last).batch_sizes()
         if cfg.max_batches_per_epoch:
             sizes = sizes[:cfg.max_batches_per_epoch]
         if not sizes:
@@ -357,7 +360,10 @@ class Trainer:
                 self._optimizer_step()
                 bar.update(1)
                 if st.step % 10 == 0:
-                    bar.set_postfix(epoch=st.epoch, loss=f"{loss.item():.4g}", refresh=False)
+                    shown = {"epoch": st.epoch, "loss": f"{loss.item():.4g}"}
+                    if st.history and cfg.monitor in st.history[-1]:
+                        shown[cfg.monitor] = f"{st.history[-1][cfg.monitor]:.4g}"
+                    bar.set_postfix(shown, refresh=False)
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if cfg.eval_every_steps and st.step % cfg.eval_every_steps == 0:

@@ -187,10 +187,11 @@ def test_sample_config_reproduces_the_course_sample():
 
 @pytest.mark.slow
 def test_best_recipe_on_the_real_table(real_hw1, tmp_path):
-    """hw1.toml, briefly, with a 20% validation split: measured valid MSE ~0.95 at 150 epochs."""
+    """hw1.toml, briefly, with a 20% validation split: measured best valid MSE 0.806 at 150
+    epochs (about 9 s); the bound leaves a 35% margin."""
     result = run_cli("hw1", "train", "--data", str(real_hw1), "--out", str(tmp_path / "real"),
                      "--set", "data.valid_ratio=0.2", "--set", "trainer.epochs=150")
     assert result.returncode == 0, result.stderr
     best = pd.read_csv(tmp_path / "real" / "metrics.csv")["valid_mse"].min()
-    assert best < 1.3
+    assert best < 1.1
     shutil.rmtree(tmp_path / "real")

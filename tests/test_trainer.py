@@ -113,3 +113,11 @@ def test_evaluate_weights_uneven_batches_and_predict_keeps_order():
     assert trainer.evaluate(ds)["loss"] == pytest.approx(expected, rel=1e-5)
     with torch.no_grad():
         assert torch.allclose(outputs, trainer.model(ds.tensors[0]).squeeze(-1))
+
+
+def test_drop_last_only_when_asked():
+    kept = Trainer(model(), Regression(), cfg(epochs=1, batch_size=128))
+    kept.fit(data(300))
+    dropped = Trainer(model(), Regression(), cfg(epochs=1, batch_size=128, drop_last=True))
+    dropped.fit(data(300))
+    assert (kept.state.step, dropped.state.step) == (3, 2)
