@@ -99,7 +99,12 @@ def _train(task_cls: type[Task], args) -> int:
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
     print(f"run directory: {run_dir}")
-    result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
+    try:
+        result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: run.py {task_cls.name} train --resume {run_dir}",
+              file=sys.stderr)
+        return 130
     best = result["best"]
     monitor = config["trainer"].monitor
     if best is not None:

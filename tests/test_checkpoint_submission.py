@@ -33,11 +33,18 @@ def test_truncated_foreign_and_missing_checkpoints_name_the_file(tmp_path):
         load_checkpoint(path, required=("model", "optimizer"))
 
 
-def test_failed_write_keeps_the_old_checkpoint(tmp_path):
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
-    with pytest.raises(Exception):
-        save_checkpoint(path, {"model": {"w": lambda: 0}})  # not picklable
+
+    def disk_full(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    monkeypatch.undo()  # not picklable
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 

@@ -1,4 +1,7 @@
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,3 +198,11 @@ def test_best_recipe_on_the_real_table(real_hw1, tmp_path):
     best = pd.read_csv(tmp_path / "real" / "metrics.csv")["valid_mse"].min()
     assert best < 1.1
     shutil.rmtree(tmp_path / "real")
+
+
+def test_console_script_is_the_same_cli():
+    script = Path(sys.executable).with_name("mlhw")
+    if not script.exists():
+        pytest.skip("mlhw is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == run_cli("list").stdout

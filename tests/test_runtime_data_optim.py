@@ -9,8 +9,7 @@ from torch.utils.data import TensorDataset
 from common.data import EpochBatchSampler, build_loader, split_train_valid
 from common.errors import UserError
 from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor
-from common.runtime import (amp_dtype, choose_device, get_rng_state, seed_everything,
-                            set_rng_state)
+from common.runtime import amp_dtype, choose_device, get_rng_state, seed_everything, set_rng_state
 
 
 def test_seed_and_rng_state_round_trip():

@@ -32,7 +32,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hw1" / "2022"
 
 def cv_mse(config_path: Path, data_dir: Path, overrides: list[str] = (), folds: int = 5):
     """Per-fold held-out MSE for one config."""
-    config = load_config(CovidTask.schema(), config_path, overrides)
+    quiet = "trainer.print_every_evals=1000000000"
+    config = load_config(CovidTask.schema(), config_path, [quiet, *overrides])
     task = CovidTask(config)
     table = task.load_train(data_dir)
     data_cfg = config["data"]
