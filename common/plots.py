@@ -31,6 +31,9 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, monitor: str 
         ax = axes[0][1]
         for key in metrics:
             ax.plot(steps, [row[key] for row in history], label=key)
+        values = [row[k] for row in history for k in metrics]
+        if min(values) > 0 and max(values) / min(values) > 20:  # e.g. MSE falling from 50 to 1
+            ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(f"monitor: {monitor}" if monitor else "")
         ax.legend()
