@@ -102,14 +102,14 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
     if not resume and last.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
-    with run_logging(run_dir):
+    task = task_cls(config)
+    set_cpu_threads(config["trainer"].threads)
+    data_dir = data_dir_of(task)
+    train_data = task.load_train(data_dir)
+    test_data = task.load_test(data_dir)  # read before training: a bad file fails early
+    with run_logging(run_dir):  # the run directory exists only once the data is valid
         if not resume:
             save_config(config, run_dir / "config.toml")
-        task = task_cls(config)
-        set_cpu_threads(config["trainer"].threads)
-        data_dir = data_dir_of(task)
-        train_data = task.load_train(data_dir)
-        test_data = task.load_test(data_dir)  # read before training: a bad file fails early
         trainer = fit_split(task, train_data, *task.split(train_data), run_dir=run_dir,
                             resume=resume, callbacks=callbacks)
         submission = predict_and_write(task, trainer, test_data, run_dir)

@@ -16,7 +16,7 @@ def data(hw1_demo, tmp_path):
     return folder
 
 
-def fails(*args, expect: str, run=None):
+def fails(*args, expect: str, run=None, trained=False):
     result = run_cli("hw1", *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
@@ -25,6 +25,8 @@ def fails(*args, expect: str, run=None):
     assert "Traceback" not in result.stderr
     if run is not None:
         assert not (run / "pred.csv").exists()
+        if not trained:
+            assert not run.exists()  # bad data is found before a run directory is made
     return lines[0]
 
 
@@ -64,12 +66,14 @@ def test_test_file_missing_a_column(data, tmp_path):
 def test_test_file_with_an_extra_column(data, tmp_path):
     edit(data / "covid.test.csv",
          lambda ls: [ls[0] + ",extra"] + [line + ",1" for line in ls[1:]])
-    fails(*train(data, tmp_path / "run"), expect="unexpected column(s) extra")
+    fails(*train(data, tmp_path / "run"), expect="unexpected column(s) extra",
+          run=tmp_path / "run")
 
 
 def test_train_file_without_target(data, tmp_path):
     shutil.copy(data / "covid.test.csv", data / "covid.train.csv")
-    fails(*train(data, tmp_path / "run"), expect="covid.train.csv: the last column must be")
+    fails(*train(data, tmp_path / "run"), expect="covid.train.csv: the last column must be",
+          run=tmp_path / "run")
 
 
 def set_cell(row, col, value):
@@ -83,25 +87,29 @@ def set_cell(row, col, value):
 def test_non_numeric_cell(data, tmp_path):
     edit(data / "covid.train.csv", set_cell(5, 39, "abc"))
     fails(*train(data, tmp_path / "run"),
-          expect="covid.train.csv: row 6, column 'ili' is not a number ('abc')")
+          expect="covid.train.csv: row 6, column 'ili' is not a number ('abc')",
+          run=tmp_path / "run")
 
 
 def test_nan_in_features(data, tmp_path):
     edit(data / "covid.test.csv", set_cell(3, 50, ""))
     fails(*train(data, tmp_path / "run"),
-          expect="covid.test.csv: row 4, column 'anxious' is empty (NaN)")
+          expect="covid.test.csv: row 4, column 'anxious' is empty (NaN)",
+          run=tmp_path / "run")
     edit(data / "covid.test.csv", set_cell(3, 50, "NaN"))
     fails(*train(data, tmp_path / "run"), expect="column 'anxious' is empty (NaN)")
 
 
 def test_ragged_row(data, tmp_path):
     edit(data / "covid.train.csv", lambda ls: ls[:9] + [ls[9] + ",1,2"] + ls[10:])
-    fails(*train(data, tmp_path / "run"), expect="covid.train.csv: malformed CSV")
+    fails(*train(data, tmp_path / "run"), expect="covid.train.csv: malformed CSV",
+          run=tmp_path / "run")
 
 
 def test_empty_test_file(data, tmp_path):
     edit(data / "covid.test.csv", lambda ls: ls[:1])
-    fails(*train(data, tmp_path / "run"), expect="covid.test.csv: the file has a header but no")
+    fails(*train(data, tmp_path / "run"), expect="covid.test.csv: the file has a header but no",
+          run=tmp_path / "run")
     (data / "covid.test.csv").write_text("")
     fails(*train(data, tmp_path / "run"), expect="covid.test.csv: the file is empty")
 
@@ -145,4 +153,5 @@ def test_existing_run_is_not_overwritten(data, tmp_path):
 def test_diverging_model_gives_no_submission(data, tmp_path):
     run = tmp_path / "run"
     fails(*train(data, run), "--set", "optim.name=sgd", "--set", "optim.lr=1e6",
-          "--set", "data.normalize=false", expect="pred.csv: prediction for id", run=run)
+          "--set", "data.normalize=false", expect="pred.csv: prediction for id", run=run,
+          trained=True)
