@@ -306,6 +306,26 @@ class Trainer:
         a = self.cfg.accum_steps
         return [sum(sizes[(b // a) * a:(b // a + 1) * a]) for b in range(len(sizes))]
 
+    def _backward(self, batch, group_count: int) -> torch.Tensor:
+        """Forward and backward one micro-batch, weighted by its share of the update's samples."""
+        batch = to_device(batch, self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            output = self.objective.forward(self.model, batch)
+            loss = self.objective.loss(output, batch)
+        n = self.objective.batch_size(batch)
+        scaled = loss * (n / group_count)
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self._loss_sum += loss.detach().double() * n
+        self._loss_count += n
+        return loss
+
+    def _show_progress(self, bar: tqdm, loss: torch.Tensor) -> None:
+        shown = {"epoch": self.state.epoch, "loss": f"{loss.item():.4g}"}
+        last = self.state.history[-1] if self.state.history else {}
+        if self.cfg.monitor in last:
+            shown[self.cfg.monitor] = f"{last[self.cfg.monitor]:.4g}"
+        bar.set_postfix(shown, refresh=False)
+
     def _optimizer_step(self) -> None:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -345,25 +365,14 @@ class Trainer:
                 self.lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(
                     st.step, self.sched_cfg, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch))
-                batch = to_device(batch, self.device, non_blocking=True)
-                with autocast(self.device, self.amp_dtype):
-                    output = self.objective.forward(self.model, batch)
-                    loss = self.objective.loss(output, batch)
-                n = self.objective.batch_size(batch)
-                scaled = loss * (n / group_counts[b])
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                self._loss_sum += loss.detach().double() * n
-                self._loss_count += n
+                loss = self._backward(batch, group_counts[b])
                 st.batch_in_epoch += 1
                 if st.batch_in_epoch % cfg.accum_steps and st.batch_in_epoch < len(sizes):
                     continue
                 self._optimizer_step()
                 bar.update(1)
                 if st.step % 10 == 0:
-                    shown = {"epoch": st.epoch, "loss": f"{loss.item():.4g}"}
-                    if st.history and cfg.monitor in st.history[-1]:
-                        shown[cfg.monitor] = f"{st.history[-1][cfg.monitor]:.4g}"
-                    bar.set_postfix(shown, refresh=False)
+                    self._show_progress(bar, loss)
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if cfg.eval_every_steps and st.step % cfg.eval_every_steps == 0:

@@ -121,3 +121,13 @@ def test_drop_last_only_when_asked():
     dropped = Trainer(model(), Regression(), cfg(epochs=1, batch_size=128, drop_last=True))
     dropped.fit(data(300))
     assert (kept.state.step, dropped.state.step) == (3, 2)
+
+
+def test_worker_processes_give_the_same_run():
+    runs = []
+    for workers in (0, 2):
+        trainer = Trainer(model(), Regression(), cfg(epochs=2, num_workers=workers))
+        trainer.fit(data(), data(64, seed=4))
+        runs.append(trainer.model.state_dict())
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]), key
