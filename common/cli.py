@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.config import load_config
 from common.errors import UserError
-from common.pipeline import dry_run_config, new_run_dir, predict_run, train_run
+from common.pipeline import dry_run_config, load_run_config, new_run_dir, predict_run, train_run
 from common.task import Task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +79,9 @@ def _train(task_cls: type[Task], args) -> int:
             raise UserError("--resume continues a run with its saved config.toml and data; "
                             "pass --resume RUN_DIR alone")
         run_dir = Path(args.resume)
-        config_path = run_dir / "config.toml"
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError(f"{run_dir}: no checkpoints/last.pt to resume from; start a new run")
-        config = load_config(task_cls.schema(), config_path)
+        config = load_run_config(task_cls, run_dir)
     else:
         config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
             f"{task_cls.name}.toml"

@@ -118,6 +118,14 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
             "trainer": trainer}
 
 
+def load_run_config(task_cls: type[Task], run_dir: Path) -> Config:
+    """The resolved config a run saved in its directory."""
+    config_path = Path(run_dir) / "config.toml"
+    if not config_path.is_file():
+        raise UserError(f"{config_path}: not found; pass a run directory")
+    return load_config(task_cls.schema(), config_path)
+
+
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     if which in ("best", "last"):
         return run_dir / "checkpoints" / f"{which}.pt"
@@ -128,10 +136,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
                 data_dir: str | None = None) -> Path:
     """Rebuild a finished run's model from its checkpoint and write its submission again."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.toml"
-    if not config_path.is_file():
-        raise UserError(f"{config_path}: not found; --run must be a run directory")
-    config = load_config(task_cls.schema(), config_path)
+    config = load_run_config(task_cls, run_dir)
     if data_dir:
         config["data"] = replace(config["data"], dir=str(data_dir))
     state = load_checkpoint(resolve_checkpoint(run_dir, ckpt or config["predict"].ckpt))
@@ -143,7 +148,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise UserError(f"checkpoint does not fit the model of {config_path}: "
+        raise UserError(f"checkpoint does not fit the model of {run_dir / 'config.toml'}: "
                         f"{str(exc).splitlines()[0]}") from None
     trainer = _make_trainer(task, model, None)
     return predict_and_write(task, trainer, test_data, run_dir)

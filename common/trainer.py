@@ -228,6 +228,14 @@ class Trainer:
                             pin_memory=self.device.type == "cuda",
                             collate_fn=getattr(dataset, "collate_fn", None))
 
+    def _forward(self, batch, with_loss: bool):
+        """Move a batch to the device; the model's output and, if asked, the loss (under AMP)."""
+        batch = to_device(batch, self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            output = self.objective.forward(self.model, batch)
+            loss = self.objective.loss(output, batch) if with_loss else None
+        return batch, output, loss
+
     @torch.no_grad()
     def _outputs(self, dataset, with_loss: bool, max_batches: int = 0):
         self.model.eval()
@@ -236,14 +244,12 @@ class Trainer:
         for i, batch in enumerate(self._loader(dataset, train=False)):
             if max_batches and i >= max_batches:
                 break
-            batch = to_device(batch, self.device, non_blocking=True)
-            with autocast(self.device, self.amp_dtype):
-                output = self.objective.forward(self.model, batch)
-                if with_loss:
-                    n = self.objective.batch_size(batch)
-                    loss_sum += self.objective.loss(output, batch).double() * n
-                    count += n
-                    targets.append(self.objective.target(batch).detach().cpu())
+            batch, output, loss = self._forward(batch, with_loss)
+            if with_loss:
+                n = self.objective.batch_size(batch)
+                loss_sum += loss.double() * n
+                count += n
+                targets.append(self.objective.target(batch).detach().cpu())
             outputs.append(self.objective.predict_output(output).float().cpu())
         return outputs, targets, (loss_sum.item() / max(count, 1))
 
@@ -308,10 +314,7 @@ class Trainer:
 
     def _backward(self, batch, group_count: int) -> torch.Tensor:
         """Forward and backward one micro-batch, weighted by its share of the update's samples."""
-        batch = to_device(batch, self.device, non_blocking=True)
-        with autocast(self.device, self.amp_dtype):
-            output = self.objective.forward(self.model, batch)
-            loss = self.objective.loss(output, batch)
+        batch, _, loss = self._forward(batch, True)
         n = self.objective.batch_size(batch)
         scaled = loss * (n / group_count)
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()

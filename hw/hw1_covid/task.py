@@ -146,9 +146,7 @@ class CovidTask(Task):
         return {"mse": torch.mean((outputs - targets) ** 2).item()}
 
     def write_submission(self, table, outputs, path: Path) -> Path:
-        ids = table.ids.tolist()
-        return write_submission(path, self.header, ids, outputs.double().numpy(),
-                                expected_ids=ids)
+        return write_submission(path, self.header, table.ids.tolist(), outputs.double().numpy())
 
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
