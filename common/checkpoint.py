@@ -46,3 +46,12 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; use checkpoints/last.pt "
                         "to resume")
     return state
+
+
+def prediction_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to predict with: the EMA weights a last.pt keeps when trainer.ema is on,
+    else "model" (best.pt and step-*.pt already hold the EMA weights as "model")."""
+    ema = state.get("ema")
+    if ema is None:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}

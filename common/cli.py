@@ -1,4 +1,5 @@
-"""The command line shared by every homework: `run.py <hw> train|predict|demo-data`, `run.py list`.
+"""The command line shared by every homework: `run.py <hw> train|kfold|predict|ensemble|average|
+demo-data` and `run.py list`.
 
 `main(tasks)` takes a registry of task classes, so `common` never imports a homework.
 """
@@ -13,16 +14,24 @@ from pathlib import Path
 
 from common.config import load_config
 from common.errors import UserError
-from common.pipeline import dry_run_config, load_run_config, new_run_dir, predict_run, train_run
+from common.kfold import is_kfold_run, kfold_run, predict_kfold
+from common.pipeline import (
+    average_run,
+    dry_run_config,
+    ensemble_run,
+    load_run_config,
+    new_run_dir,
+    predict_run,
+    train_run,
+)
 from common.task import Task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TaskRegistry = dict[str, Callable[[], type[Task]]]
 
 
-def _add_train_parser(sub, task_name: str) -> None:
-    p = sub.add_parser("train", help="train, then predict the test set with the best checkpoint",
-                       description="Train a model and write the submission into the run directory.")
+def _add_train_parser(sub, task_name: str, action: str, help: str, description: str):
+    p = sub.add_parser(action, help=help, description=description)
     g = p.add_argument_group("recipe")
     g.add_argument("--config", metavar="FILE",
                    help=f"TOML recipe (default: configs/{task_name}.toml, the best recipe)")
@@ -40,16 +49,50 @@ def _add_train_parser(sub, task_name: str) -> None:
                    help="continue an interrupted run exactly, from its checkpoints/last.pt")
     g.add_argument("--dry-run", action="store_true",
                    help="a tiny slice of everything end to end (one epoch of two batches)")
+    return p
 
 
 def _add_task_parser(sub, name: str, title: str) -> None:
     p = sub.add_parser(name, help=title, description=title)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _add_train_parser(actions, name)
+    _add_train_parser(actions, name, "train",
+                      "train, then predict the test set with the best checkpoint",
+                      "Train a model and write the submission into the run directory.")
+    kf = _add_train_parser(
+        actions, name, "kfold", "train one model per fold on train+valid and fuse them",
+        "Merge train and valid, split into K folds, train one model per fold under "
+        "<run>/fold-<k>/, report out-of-fold metrics and write the fused submission. "
+        "--resume continues the unfinished folds.")
+    kf.add_argument("--folds", type=int, metavar="K", help="number of folds (kfold.folds)")
     pr = actions.add_parser("predict", help="write the submission again from a run's checkpoint")
-    pr.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory")
+    pr.add_argument("--run", required=True, metavar="RUN_DIR",
+                    help="a run directory, or a k-fold run (every fold predicts, then fused)")
     pr.add_argument("--ckpt", metavar="best|last|PATH", help="checkpoint (default: best)")
     pr.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
+    pr.add_argument("--tta", type=int, metavar="N",
+                    help="test-time augmented views besides the plain one (predict.tta)")
+    en = actions.add_parser(
+        "ensemble", help="fuse the saved test outputs of several runs or folds",
+        description="Fuse test predictions of finished runs, k-fold runs or single folds "
+        "without retraining, and write one submission.")
+    en.add_argument("members", nargs="+", metavar="RUN_DIR",
+                    help="run, k-fold or fold directories (or test_outputs.pt files)")
+    en.add_argument("--method", choices=("mean-prob", "mean-logit", "vote", "mean"),
+                    help="classes: mean-prob (default), mean-logit or vote (ties: summed "
+                    "probability, then lowest class); regression: mean")
+    en.add_argument("--weights", type=float, nargs="+", metavar="W",
+                    help="one weight per member (normalised; default equal)")
+    en.add_argument("--data", metavar="DIR", help="data folder (default: the first member's)")
+    en.add_argument("--out", metavar="DIR",
+                    help=f"output directory (default: runs/{name}/<timestamp>-ensemble)")
+    av = actions.add_parser(
+        "average", help="average a run's last N checkpoints into one model and predict",
+        description="Average the weights of the last N checkpoints a run kept "
+        "(trainer.keep_checkpoints), save checkpoints/average-last<N>.pt and write the "
+        "submission into RUN_DIR/average-last<N>/.")
+    av.add_argument("run", metavar="RUN_DIR", help="a finished run directory")
+    av.add_argument("--last", type=int, required=True, metavar="N", help="how many checkpoints")
+    av.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
     dd = actions.add_parser("demo-data", help="write the synthetic demo data set")
     dd.add_argument("--dest", metavar="DIR", help=f"destination (default: data/demo/{name})")
 
@@ -74,40 +117,51 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
 
 
 def _train(task_cls: type[Task], args) -> int:
+    kfold = args.action == "kfold"
     if args.resume:
-        if args.config or args.overrides or args.data or args.demo or args.out:
+        if args.config or args.overrides or args.data or args.demo or args.out or \
+                getattr(args, "folds", None):
             raise UserError("--resume continues a run with its saved config.toml and data; "
                             "pass --resume RUN_DIR alone")
         run_dir = Path(args.resume)
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"{run_dir}: no checkpoints/last.pt to resume from; start a new run")
+        marker = run_dir / ("config.toml" if kfold else "checkpoints/last.pt")
+        if not marker.is_file():
+            raise UserError(f"{run_dir}: no {marker.relative_to(run_dir)} to resume from; "
+                            "start a new run")
         config = load_run_config(task_cls, run_dir)
     else:
         config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
             f"{task_cls.name}.toml"
         if not args.config and not config_path.exists():
             config_path = None
-        config = load_config(task_cls.schema(), config_path, args.overrides)
+        overrides = list(args.overrides)
+        if kfold and args.folds is not None:
+            overrides.append(f"kfold.folds={args.folds}")
+        config = load_config(task_cls.schema(), config_path, overrides)
         if args.demo or args.data:
             data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
             config["data"] = replace(config["data"], dir=str(data_dir))
         if args.dry_run:
             config = dry_run_config(config)
         name = config_path.stem if config_path else task_cls.name
+        name += "-kfold" if kfold else ""
         name += "-demo" if args.demo else ""
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
     print(f"run directory: {run_dir}")
     try:
-        result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
+        if kfold:
+            result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
+        else:
+            result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: run.py {task_cls.name} train --resume {run_dir}",
-              file=sys.stderr)
+        print(f"interrupted; continue with: run.py {task_cls.name} {args.action} --resume "
+              f"{run_dir}", file=sys.stderr)
         return 130
-    best = result["best"]
-    monitor = config["trainer"].monitor
-    if best is not None:
-        print(f"best {monitor}: {best:.5g}")
+    if kfold:
+        print("out-of-fold " + " ".join(f"{k} {v:.5g}" for k, v in result["oof"].items()))
+    elif result["best"] is not None:
+        print(f"best {config['trainer'].monitor}: {result['best']:.5g}")
     print(f"submission: {result['submission']}")
     return 0
 
@@ -121,10 +175,21 @@ def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
         return 0
     try:
         task_cls = tasks[args.task]()
-        if args.action == "train":
+        if args.action in ("train", "kfold"):
             return _train(task_cls, args)
         if args.action == "predict":
-            path = predict_run(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data)
+            predict = predict_kfold if is_kfold_run(args.run) else predict_run
+            path = predict(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
+            print(f"submission: {path}")
+            return 0
+        if args.action == "ensemble":
+            out = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, "ensemble")
+            path = ensemble_run(task_cls, args.members, out, method=args.method,
+                                weights=args.weights, data_dir=args.data)
+            print(f"submission: {path}")
+            return 0
+        if args.action == "average":
+            path = average_run(task_cls, args.run, args.last, data_dir=args.data)
             print(f"submission: {path}")
             return 0
         if args.action == "demo-data":

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, prediction_weights, save_checkpoint
 from common.config import Config, config_to_dict, load_config, save_config
 from common.errors import UserError
-from common.io import atomic_write
-from common.runtime import seed_everything, set_cpu_threads
+from common.fusion import OUTPUTS_FILE, average_state_dicts, fuse, load_outputs, save_outputs
+from common.mix import MixBatch
+from common.runtime import derive_seed, seed_everything, set_cpu_threads
 from common.task import Task
 from common.trainer import Callback, Trainer
 
@@ -65,23 +66,53 @@ def data_dir_of(task: Task) -> Path:
 
 def _make_trainer(task: Task, model, run_dir: Path | None, callbacks=()) -> Trainer:
     cfg = task.config
+    mix = MixBatch(cfg["mix"], task.num_classes)
     return Trainer(model, task, cfg["trainer"], optim=cfg["optim"], sched=cfg["sched"],
                    run_dir=run_dir, callbacks=list(callbacks),
-                   extra_state={"config": config_to_dict(cfg), "task": task.state_dict()})
+                   extra_state={"config": config_to_dict(cfg), "task": task.state_dict()},
+                   batch_transform=mix if mix.enabled else None)
+
+
+def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool = False):
+    """The model's outputs for a dataset, fused over test-time augmented views when
+    predict.tta > 0 (plain view weighted by predict.tta_plain_weight). With with_targets,
+    returns (outputs, targets) for a labelled dataset."""
+    cfg = task.config["predict"]
+    outputs, targets, _ = trainer.outputs_and_targets(dataset, with_targets)
+    if cfg.tta > 0:
+        if not 0.0 <= cfg.tta_plain_weight <= 1.0:
+            raise UserError(f"predict.tta_plain_weight={cfg.tta_plain_weight} must lie in [0, 1]")
+        views = [outputs]
+        for view in range(cfg.tta):
+            with torch.random.fork_rng(devices=[]):  # leave the training RNG streams alone
+                torch.manual_seed(derive_seed(task.config["trainer"].seed, 7717, view))
+                views.append(trainer.predict(task.tta_view(dataset, view)))
+        share = (1.0 - cfg.tta_plain_weight) / cfg.tta
+        outputs = fuse(views, kind=task.output_kind,
+                       weights=[cfg.tta_plain_weight] + [share] * cfg.tta)
+    return (outputs, targets) if with_targets else outputs
+
+
+def write_outputs(task: Task, test_data, outputs: torch.Tensor, out_dir: Path,
+                  info: dict | None = None) -> Path:
+    """Keep raw test outputs (for ensembling) and write the submission next to them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_outputs(out_dir / OUTPUTS_FILE, outputs, task=task.name, kind=task.output_kind,
+                 info={"task_state": task.state_dict(), **(info or {})})
+    return task.write_submission(test_data, outputs, out_dir / task.submission_name)
 
 
 def predict_and_write(task: Task, trainer: Trainer, test_data, run_dir: Path) -> Path:
-    """Predict the test set, keep the raw outputs (for ensembling) and write the submission."""
-    outputs = trainer.predict(task.make_test_dataset(test_data))
-    with atomic_write(run_dir / "test_outputs.pt", "wb") as fh:
-        torch.save(outputs, fh)
-    return task.write_submission(test_data, outputs, run_dir / task.submission_name)
+    """Predict the test set (with TTA if configured) and write outputs and submission."""
+    outputs = predict_outputs(task, trainer, task.make_test_dataset(test_data))
+    return write_outputs(task, test_data, outputs, run_dir)
 
 
 def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | None = None,
               resume: bool = False, callbacks: list[Callback] = ()) -> Trainer:
     """Fit preprocessing and a fresh model on train_idx, validate on valid_idx, and leave the
-    best weights in the returned trainer's model. Without run_dir nothing is written."""
+    weights chosen by predict.ckpt (best, or last: the final ones) in the returned trainer.
+    Without run_dir nothing is written."""
     train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
     seed_everything(task.config["trainer"].seed)
     trainer = _make_trainer(task, task.build_model(), run_dir, callbacks)
@@ -90,7 +121,8 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
     if resume:
         trainer.restore(run_dir / "checkpoints" / "last.pt")
     trainer.fit(train_ds, valid_ds)
-    trainer.load_best()
+    if task.config["predict"].ckpt != "last":
+        trainer.load_best()
     return trainer
 
 
@@ -133,12 +165,16 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
-                data_dir: str | None = None) -> Path:
-    """Rebuild a finished run's model from its checkpoint and write its submission again."""
+                data_dir: str | None = None, out_dir: Path | None = None,
+                tta: int | None = None) -> Path:
+    """Rebuild a finished run's model from its checkpoint and write its submission again
+    (into out_dir, default the run directory)."""
     run_dir = Path(run_dir)
     config = load_run_config(task_cls, run_dir)
     if data_dir:
         config["data"] = replace(config["data"], dir=str(data_dir))
+    if tta is not None:
+        config["predict"] = replace(config["predict"], tta=tta)
     state = load_checkpoint(resolve_checkpoint(run_dir, ckpt or config["predict"].ckpt))
     task = task_cls(config)
     task.load_state_dict(state.get("task", {}))
@@ -146,9 +182,75 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     test_data = task.load_test(data_dir_of(task))
     model = task.build_model()
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(prediction_weights(state))
     except RuntimeError as exc:
         raise UserError(f"checkpoint does not fit the model of {run_dir / 'config.toml'}: "
                         f"{str(exc).splitlines()[0]}") from None
     trainer = _make_trainer(task, model, None)
-    return predict_and_write(task, trainer, test_data, run_dir)
+    return predict_and_write(task, trainer, test_data, out_dir or run_dir)
+
+
+def _member_config(task_cls: type[Task], member: Path) -> Config:
+    """The config of the run a member (run, fold or k-fold directory, or outputs file)
+    belongs to: the nearest config.toml at or above it."""
+    start = member if member.is_dir() else member.parent
+    for folder in (start, *start.parents[:2]):
+        if (folder / "config.toml").is_file():
+            return load_run_config(task_cls, folder)
+    raise UserError(f"{member}: no config.toml in it or above it; pass a run directory")
+
+
+def fuse_and_write(task: Task, test_data, members: list[Path], out_dir: Path, *,
+                   method: str | None = None, weights: list[float] | None = None) -> Path:
+    """Fuse the saved test outputs of members into out_dir's outputs and submission."""
+    saved = [load_outputs(m, task.name)["outputs"] for m in members]
+    fused = fuse(saved, kind=task.output_kind, method=method or None, weights=weights)
+    info = {"members": [str(m) for m in members], "method": method or "",
+            "weights": [float(w) for w in weights or []]}
+    return write_outputs(task, test_data, fused, out_dir, info)
+
+
+def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path, *,
+                 method: str | None = None, weights: list[float] | None = None,
+                 data_dir: str | None = None) -> Path:
+    """Fuse the saved test outputs of finished runs (or folds) into one submission."""
+    members = [Path(m) for m in members]
+    if len(members) < 2:
+        raise UserError("ensemble needs at least two members (runs, folds or k-fold runs)")
+    first = load_outputs(members[0], task_cls.name)
+    config = _member_config(task_cls, members[0])
+    if data_dir:
+        config["data"] = replace(config["data"], dir=str(data_dir))
+    task = task_cls(config)
+    task.load_state_dict(first.get("task_state", {}))
+    test_data = task.load_test(data_dir_of(task))
+    if not (out_dir / "config.toml").exists():
+        save_config(config, out_dir / "config.toml")
+    return fuse_and_write(task, test_data, members, out_dir, method=method, weights=weights)
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+
+
+def average_run(task_cls: type[Task], run_dir: str | Path, last: int, *,
+                data_dir: str | None = None) -> Path:
+    """Average the weights of a run's last N kept checkpoints into one model, save it as
+    checkpoints/average-last<N>.pt and predict the test set with it into average-last<N>/."""
+    run_dir = Path(run_dir)
+    kept = step_checkpoints(run_dir)
+    if last < 1:
+        raise UserError("--last must be at least 1")
+    if len(kept) < last:
+        raise UserError(f"{run_dir / 'checkpoints'}: {len(kept)} kept checkpoints, fewer than "
+                        f"--last {last}; train with --set trainer.keep_checkpoints={last}")
+    states = [load_checkpoint(p) for p in kept[-last:]]
+    averaged = {**states[-1], "model": average_state_dicts([s["model"] for s in states]),
+                "averaged": [p.name for p in kept[-last:]]}
+    averaged.pop("format", None)
+    averaged.pop("version", None)
+    path = run_dir / "checkpoints" / f"average-last{last}.pt"
+    save_checkpoint(path, averaged)
+    log.info("averaged %s into %s", ", ".join(averaged["averaged"]), path)
+    return predict_run(task_cls, run_dir, ckpt=str(path), data_dir=data_dir,
+                       out_dir=run_dir / f"average-last{last}")

@@ -12,6 +12,8 @@ from torch import nn
 
 from common.config import Config
 from common.data import split_train_valid
+from common.errors import UserError
+from common.mix import MixConfig
 from common.optim import OptimConfig, SchedConfig
 from common.trainer import Objective, TrainerConfig
 
@@ -28,6 +30,19 @@ class DataConfig:
 @dataclass
 class PredictConfig:
     ckpt: str = "best"                # best | last | a path to a checkpoint
+    tta: int = 0                      # test-time augmented views besides the plain one
+    tta_plain_weight: float = 0.5     # the plain view's weight; the views share the rest
+
+
+@dataclass
+class KFoldConfig:
+    folds: int = 5
+    split: str = "auto"               # auto | kfold | stratified | group (auto: group when the
+                                      # task has groups, stratified for classes, else kfold)
+    seed: int = 0                     # shuffles the folds
+    method: str = ""                  # fusion of the fold models: mean-prob (default),
+                                      # mean-logit or vote; regression: mean
+    vary_seed: bool = True            # fold k trains with trainer.seed + k - 1
 
 
 class Task(Objective):
@@ -39,6 +54,8 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
+    output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last dim)
+    num_classes: ClassVar[int] = 0
 
     def __init__(self, config: Config):
         self.config = config
@@ -46,7 +63,8 @@ class Task(Objective):
     @classmethod
     def schema(cls) -> dict[str, type]:
         return {"data": cls.data_config, "model": cls.model_config, "optim": OptimConfig,
-                "sched": SchedConfig, "trainer": TrainerConfig, "predict": PredictConfig}
+                "sched": SchedConfig, "trainer": TrainerConfig, "mix": MixConfig,
+                "predict": PredictConfig, "kfold": KFoldConfig}
 
     # --- data --------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> Any:
@@ -72,6 +90,20 @@ class Task(Objective):
 
     def make_test_dataset(self, test_data: Any):
         raise NotImplementedError
+
+    def tta_view(self, dataset: Any, view: int) -> Any:
+        """The dataset (test or labelled, as built above) under test-time augmentation; its
+        randomness comes from torch's RNG, which is seeded per view."""
+        raise UserError(f"{self.name} has no test-time augmentation; set predict.tta = 0")
+
+    # --- k-fold: what the folds keep together or balance ---------------------------------
+    def fold_labels(self, train_data: Any) -> np.ndarray | None:
+        """Class per training item, for stratified folds; None: not a classification task."""
+        return None
+
+    def fold_groups(self, train_data: Any) -> np.ndarray | None:
+        """Group per training item (utterance, speaker) that a fold must not split."""
+        return None
 
     # --- model and prediction -------------------------------------------------------------
     def build_model(self) -> nn.Module:

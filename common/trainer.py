@@ -11,12 +11,14 @@ import csv
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, save_checkpoint
@@ -50,6 +52,11 @@ class TrainerConfig:
     num_workers: int = 0
     threads: int = 0                  # CPU threads; 0: all cores available to the process
     print_every_evals: int = 1        # print every Nth evaluation line (all go to log.txt)
+    ema: bool = False                 # keep an exponential moving average of the weights; it is
+                                      # what gets evaluated, saved as best.pt and predicted with
+    ema_decay: float = 0.999
+    keep_checkpoints: int = 0         # keep the weights of the last N evaluations as
+                                      # checkpoints/step-*.pt (for `average`); 0: none
     max_batches_per_epoch: int = 0    # for dry runs; 0: all
     max_eval_batches: int = 0         # for dry runs; 0: all
 
@@ -112,7 +119,8 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, cfg: TrainerConfig, *,
                  optim: OptimConfig | None = None, sched: SchedConfig | None = None,
                  run_dir: str | Path | None = None, callbacks: list[Callback] = (),
-                 extra_state: dict[str, Any] | None = None):
+                 extra_state: dict[str, Any] | None = None,
+                 batch_transform: Callable[[Any, int], Any] | None = None):
         if cfg.mode not in ("min", "max"):
             raise UserError(f"trainer.mode={cfg.mode!r} must be min or max")
         if cfg.accum_steps < 1:
@@ -121,6 +129,11 @@ class Trainer:
         self.optim_cfg, self.sched_cfg = optim or OptimConfig(), sched or SchedConfig()
         self.device = choose_device(cfg.device)
         self.model = model.to(self.device)
+        if cfg.ema and not 0.0 <= cfg.ema_decay <= 1.0:
+            raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                 use_buffers=True) if cfg.ema else None
+        self.batch_transform = batch_transform
         self.optimizer = build_optimizer(
             [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
@@ -139,10 +152,16 @@ class Trainer:
     def ckpt_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated, saved as best and used to predict (EMA if on)."""
+        return self.ema.module if self.ema is not None else self.model
+
     def full_state(self) -> dict[str, Any]:
         return {
             **self.extra_state,
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.state.step},
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -154,11 +173,11 @@ class Trainer:
         }
 
     def load_best(self) -> None:
-        """Put the best weights (from best.pt or from memory) into the model."""
+        """Put the best weights (from best.pt or from memory) into the evaluated model."""
         if self.ckpt_dir:
-            self.model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
+            self.eval_model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
         elif self.best_model_state is not None:
-            self.model.load_state_dict(self.best_model_state)
+            self.eval_model.load_state_dict(self.best_model_state)
 
     def save_last(self) -> None:
         if self.ckpt_dir:
@@ -168,16 +187,31 @@ class Trainer:
         """Write best.pt, or keep the best weights in memory when there is no run directory."""
         if not self.ckpt_dir:
             self.best_model_state = {k: v.detach().clone()
-                                     for k, v in self.model.state_dict().items()}
+                                     for k, v in self.eval_model.state_dict().items()}
         else:
-            save_checkpoint(self.ckpt_dir / "best.pt", {
-                **self.extra_state, "model": self.model.state_dict(), "metrics": metrics,
-                "trainer": {"epoch": self.state.epoch, "step": self.state.step}})
+            save_checkpoint(self.ckpt_dir / "best.pt", self._weights_state(metrics))
+
+    def _weights_state(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {**self.extra_state, "model": self.eval_model.state_dict(), "metrics": metrics,
+                "trainer": {"epoch": self.state.epoch, "step": self.state.step}}
+
+    def _keep_checkpoint(self, metrics: dict[str, float]) -> None:
+        """Write the evaluated weights as step-<step>.pt and delete all but the newest N."""
+        if not self.ckpt_dir or self.cfg.keep_checkpoints <= 0:
+            return
+        save_checkpoint(self.ckpt_dir / f"step-{self.state.step:09d}.pt",
+                        self._weights_state(metrics))
+        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.cfg.keep_checkpoints]:
+            old.unlink()
 
     def restore(self, path: str | Path) -> None:
         """Continue exactly from a last.pt written by `save_last`."""
         ckpt = load_checkpoint(path, required=("model", "optimizer", "trainer", "rng"))
         self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                raise UserError(f"{path}: was written without trainer.ema; resume without it")
+            self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -228,17 +262,22 @@ class Trainer:
                             pin_memory=self.device.type == "cuda",
                             collate_fn=getattr(dataset, "collate_fn", None))
 
-    def _forward(self, batch, with_loss: bool):
-        """Move a batch to the device; the model's output and, if asked, the loss (under AMP)."""
+    def _forward(self, batch, with_loss: bool, train: bool = False):
+        """Move a batch to the device; the model's output and, if asked, the loss (under AMP).
+        Training runs the raw model after the batch transform (mixup), evaluation the EMA."""
         batch = to_device(batch, self.device, non_blocking=True)
+        if train and self.batch_transform is not None:
+            batch = self.batch_transform(batch, self.state.epoch)
         with autocast(self.device, self.amp_dtype):
-            output = self.objective.forward(self.model, batch)
+            output = self.objective.forward(self.model if train else self.eval_model, batch)
             loss = self.objective.loss(output, batch) if with_loss else None
         return batch, output, loss
 
     @torch.no_grad()
-    def _outputs(self, dataset, with_loss: bool, max_batches: int = 0):
-        self.model.eval()
+    def outputs_and_targets(self, dataset, with_loss: bool = True, max_batches: int = 0):
+        """Outputs of the evaluated model over a dataset in order and, if with_loss, the
+        targets and the mean loss. Tensors are returned on the CPU."""
+        self.eval_model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count, outputs, targets = 0, [], []
         for i, batch in enumerate(self._loader(dataset, train=False)):
@@ -251,18 +290,18 @@ class Trainer:
                 count += n
                 targets.append(self.objective.target(batch).detach().cpu())
             outputs.append(self.objective.predict_output(output).float().cpu())
-        return outputs, targets, (loss_sum.item() / max(count, 1))
+        return (torch.cat(outputs), torch.cat(targets) if targets else None,
+                loss_sum.item() / max(count, 1))
 
     def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
         """Mean loss (weighted by batch size) and the objective's metrics over the dataset."""
-        outputs, targets, loss = self._outputs(dataset, True, max_batches)
-        metrics = self.objective.metrics(torch.cat(outputs), torch.cat(targets))
+        outputs, targets, loss = self.outputs_and_targets(dataset, True, max_batches)
+        metrics = self.objective.metrics(outputs, targets)
         return {"loss": loss, **{k: float(v) for k, v in metrics.items()}}
 
     def predict(self, dataset) -> torch.Tensor:
         """The objective's outputs for every item, in dataset order, on the CPU."""
-        outputs, _, _ = self._outputs(dataset, False)
-        return torch.cat(outputs)
+        return self.outputs_and_targets(dataset, False)[0]
 
     # ---------------------------------------------------------------- training
     def _improved(self, value: float) -> bool:
@@ -290,6 +329,7 @@ class Trainer:
         self._append_metrics(row)
         value = row.get(self.cfg.monitor, math.nan)
         improved = valid_dataset is not None and self._improved(value)
+        self._keep_checkpoint(row)
         if improved:
             self.state.best, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
             self.save_best(row)
@@ -314,7 +354,7 @@ class Trainer:
 
     def _backward(self, batch, group_count: int) -> torch.Tensor:
         """Forward and backward one micro-batch, weighted by its share of the update's samples."""
-        batch, _, loss = self._forward(batch, True)
+        batch, _, loss = self._forward(batch, True, train=True)
         n = self.objective.batch_size(batch)
         scaled = loss * (n / group_count)
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -340,6 +380,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.state.step += 1
 
     def fit(self, train_dataset, valid_dataset=None) -> TrainState:

@@ -137,10 +137,12 @@ def test_truncated_checkpoint_keeps_the_earlier_submission(data, tmp_path):
     before = (run / "pred.csv").read_text()
     best = run / "checkpoints" / "best.pt"
     best.write_bytes(best.read_bytes()[:500])
-    fails("predict", "--run", str(run), expect="best.pt: not a readable checkpoint (truncated")
+    fails("predict", "--run", str(run), "--ckpt", "best",
+          expect="best.pt: not a readable checkpoint (truncated")
     assert (run / "pred.csv").read_text() == before
     torch.save({"weights": 1}, best)
-    fails("predict", "--run", str(run), expect="best.pt: not a checkpoint written by this suite")
+    fails("predict", "--run", str(run), "--ckpt", "best",
+          expect="best.pt: not a checkpoint written by this suite")
     assert (run / "pred.csv").read_text() == before
 
 

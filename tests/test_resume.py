@@ -1,4 +1,5 @@
-"""A run killed mid-epoch (no cleanup) and resumed equals an uninterrupted run, to the bit."""
+"""A run killed mid-epoch (no cleanup) and resumed equals an uninterrupted run, to the bit;
+so does a k-fold run killed in its second fold, whose finished first fold is not retrained."""
 
 import subprocess
 import sys
@@ -13,6 +14,8 @@ OVERRIDES = [
     "sched.name=cosine", "sched.warmup_steps=5", "data.valid_ratio=0.2", "trainer.epochs=4",
     "trainer.batch_size=64", "trainer.accum_steps=2", "trainer.eval_every_steps=6",
     "trainer.ckpt_every_steps=5", "trainer.patience=100", "trainer.seed=11",
+    # EMA and mixup state must survive the kill too (mixup draws from the checkpointed RNG)
+    "trainer.ema=true", "trainer.ema_decay=0.9", "mix.mixup_alpha=0.2",
 ]
 KILL_AT = 43  # updates; the last checkpoint is at 40, an evaluation at 42 is already logged
 
@@ -20,17 +23,18 @@ CHILD = """
 import os, sys
 sys.path.insert(0, {root!r})
 from common.config import load_config
+from common.kfold import kfold_run
 from common.pipeline import train_run
 from common.trainer import Callback
 from hw.hw1_covid.task import CovidTask
 
 class Kill(Callback):
     def on_step_end(self, trainer):
-        if trainer.state.step == {kill}:
+        if trainer.state.step == {kill} and trainer.run_dir.name in ("killed", "fold-2"):
             os._exit(17)  # no cleanup, no final checkpoint
 
 config = load_config(CovidTask.schema(), {config!r}, {overrides!r})
-train_run(CovidTask, config, {run!r}, callbacks=[Kill()])
+{runner}(CovidTask, config, {run!r}, callbacks=[Kill()])
 """
 
 
@@ -44,7 +48,7 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
     assert done.returncode == 0, done.stderr
 
     child = CHILD.format(root=str(ROOT), kill=KILL_AT, config=config, overrides=overrides,
-                         run=str(killed))
+                         run=str(killed), runner="train_run")
     crash = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert crash.returncode == 17, crash.stderr
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == 40
@@ -61,6 +65,8 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
         assert torch.equal(value, b["model"][key]), key
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    for key, value in a["ema"].items():
+        assert torch.equal(value, b["ema"][key]), key
     assert (straight / "metrics.csv").read_text() == (killed / "metrics.csv").read_text()
     assert (straight / "pred.csv").read_text() == (killed / "pred.csv").read_text()
 
@@ -70,3 +76,33 @@ def test_resume_rejects_a_missing_run_and_extra_options(tmp_path):
     assert missing.returncode == 2 and "no checkpoints/last.pt" in missing.stderr
     mixed = run_cli("hw1", "train", "--resume", str(tmp_path), "--set", "optim.lr=1")
     assert mixed.returncode == 2 and "pass --resume RUN_DIR alone" in mixed.stderr
+
+
+def test_killed_kfold_resumes_the_unfinished_fold_and_keeps_the_finished_one(tmp_path, hw1_demo):
+    config = str(ROOT / "configs" / "hw1_sample.toml")
+    overrides = ["model.hidden=[16]", "trainer.epochs=3", "trainer.batch_size=128",
+                 "trainer.ckpt_every_steps=7", "trainer.patience=0", "kfold.folds=3",
+                 f'data.dir="{hw1_demo}"']
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = run_cli("hw1", "kfold", "--config", config, "--out", str(straight),
+                   *[a for o in overrides for a in ("--set", o)])
+    assert done.returncode == 0, done.stderr
+    assert "out-of-fold mse" in done.stdout
+
+    child = CHILD.format(root=str(ROOT), kill=30, config=config, overrides=overrides,
+                         run=str(killed), runner="kfold_run")
+    crash = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert crash.returncode == 17, crash.stderr
+    assert (killed / "fold-1" / "oof.pt").is_file() and not (killed / "fold-2" / "oof.pt").exists()
+    assert load_checkpoint(killed / "fold-2" / "checkpoints" / "last.pt")["trainer"]["step"] == 28
+    fold1 = {p: p.stat().st_mtime_ns for p in (killed / "fold-1").rglob("*") if p.is_file()}
+
+    resumed = run_cli("hw1", "kfold", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fold 1/3: finished earlier, kept" in resumed.stderr
+    assert {p: p.stat().st_mtime_ns for p in fold1} == fold1      # fold 1 was not touched
+    for name in ("kfold.csv", "pred.csv", "folds.csv", "fold-2/metrics.csv", "fold-3/pred.csv"):
+        assert (straight / name).read_text() == (killed / name).read_text(), name
+    a = torch.load(straight / "test_outputs.pt", weights_only=True)["outputs"]
+    b = torch.load(killed / "test_outputs.pt", weights_only=True)["outputs"]
+    assert torch.equal(a, b)

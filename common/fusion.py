@@ -1,0 +1,130 @@
+"""Fusing predictions (ensembles, k-fold, TTA) and averaging checkpoints.
+
+Class outputs are logits (N, C); regression outputs are values of any shape. A fused
+classification output is again a logit tensor (the log of the fused probabilities), so fused
+outputs can be fused once more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import UserError
+from common.io import atomic_write
+
+CLASS_METHODS = ("mean-prob", "mean-logit", "vote")
+OUTPUTS_FILE = "test_outputs.pt"
+
+
+def normalized_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor:
+    if weights is None or len(weights) == 0:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if len(weights) != n:
+        raise UserError(f"--weights: {len(weights)} weights for {n} members; give one per member")
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise UserError("--weights: weights must be non-negative and not all zero")
+    return w / w.sum()
+
+
+def vote(outputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Weighted majority vote over the members' argmax. Ties go to the larger summed (weighted)
+    probability, then to the lowest class index. Returns the winning class per row."""
+    probs = torch.stack([o.double().softmax(-1) for o in outputs])          # (M, N, C)
+    w = weights.view(-1, 1, 1)
+    votes = (torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]) * w).sum(0)
+    prob_sum = (probs * w).sum(0)
+    top = votes == votes.max(-1, keepdim=True).values
+    # among the classes with the most votes, the largest summed probability; argmax returns the
+    # first (lowest) index among equal values
+    return torch.where(top, prob_sum, torch.full_like(prob_sum, -1.0)).argmax(-1)
+
+
+def fuse(outputs: Sequence[torch.Tensor], *, kind: str, method: str | None = None,
+         weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+    """Fuse member outputs. kind 'logits': mean-prob (default), mean-logit or vote;
+    kind 'values' (regression): the weighted mean."""
+    if not outputs:
+        raise UserError("nothing to fuse: no member outputs")
+    shapes = {tuple(o.shape) for o in outputs}
+    if len(shapes) > 1:
+        raise UserError(f"members disagree on the output shape {sorted(shapes)}; were they "
+                        "trained on the same data?")
+    w = weights if isinstance(weights, torch.Tensor) else normalized_weights(weights, len(outputs))
+    w = w.double()
+    stacked_w = w.view(-1, *([1] * outputs[0].dim()))
+    if kind == "values":
+        if method not in (None, "mean"):
+            raise UserError(f"--method {method}: regression outputs are averaged; use mean")
+        return (torch.stack([o.double() for o in outputs]) * stacked_w).sum(0).float()
+    if kind != "logits":
+        raise ValueError(f"unknown output kind {kind!r}")
+    method = method or "mean-prob"
+    if method in ("mean", "mean-prob"):
+        probs = (torch.stack([o.double().softmax(-1) for o in outputs]) * stacked_w).sum(0)
+        return probs.clamp_min(1e-12).log().float()
+    if method == "mean-logit":
+        return (torch.stack([o.double() for o in outputs]) * stacked_w).sum(0).float()
+    if method == "vote":
+        winner = vote(outputs, w)
+        n_classes = outputs[0].shape[-1]
+        eps = 1e-6  # a proper distribution concentrated on the winner, so it can be fused again
+        probs = torch.nn.functional.one_hot(winner, n_classes).double() * (1 - eps) + \
+            eps / n_classes
+        return probs.log().float()
+    raise UserError(f"--method {method}: choose one of {', '.join(CLASS_METHODS)}")
+
+
+# --------------------------------------------------------------------------- saved outputs
+def save_outputs(path: Path, outputs: torch.Tensor, *, task: str, kind: str,
+                 info: dict[str, Any] | None = None) -> Path:
+    with atomic_write(path, "wb") as fh:
+        torch.save({"task": task, "kind": kind, "outputs": outputs.cpu(), **(info or {})}, fh)
+    return path
+
+
+def load_outputs(member: str | Path, task: str) -> dict[str, Any]:
+    """A member's saved test outputs: a run or fold directory, or a test_outputs.pt file."""
+    path = Path(member)
+    if path.is_dir():
+        path = path / OUTPUTS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no saved test outputs; pass a finished run, k-fold or fold "
+                        "directory (train, kfold and predict write test_outputs.pt)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}); predict that run again "
+                        "with `predict --run`") from None
+    if not isinstance(saved, dict) or "outputs" not in saved:
+        raise UserError(f"{path}: not a test_outputs.pt written by this suite")
+    if saved.get("task") != task:
+        raise UserError(f"{path}: outputs of {saved.get('task')}, not {task}")
+    return saved
+
+
+# --------------------------------------------------------------------------- checkpoints
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of floating-point tensors; other tensors (step counters) are
+    taken from the last state."""
+    if not states:
+        raise UserError("no checkpoints to average")
+    keys = list(states[-1])
+    for s in states:
+        if list(s) != keys:
+            raise UserError("the checkpoints hold different models and cannot be averaged")
+    out = {}
+    for k in keys:
+        last = states[-1][k]
+        if torch.is_floating_point(last):
+            acc = torch.zeros_like(last, dtype=torch.float64)
+            for s in states:
+                acc += s[k].double()
+            out[k] = (acc / len(states)).to(last.dtype)
+        else:
+            out[k] = last.clone()
+    return out

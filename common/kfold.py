@@ -1,0 +1,201 @@
+"""K-fold training: one model per fold on merged train+valid, out-of-fold metrics, fused test
+predictions, and resumption that skips finished folds.
+
+Run directory:  config.toml  folds.csv  kfold.csv  oof.pt  test_outputs.pt  <submission>  log.txt
+                fold-<k>/  (a complete run: config.toml, checkpoints/, metrics.csv, oof.pt, ...)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from common.config import Config, save_config
+from common.errors import UserError
+from common.io import atomic_write
+from common.pipeline import (
+    data_dir_of,
+    ensemble_run,
+    fit_split,
+    fuse_and_write,
+    load_run_config,
+    predict_and_write,
+    predict_outputs,
+    predict_run,
+    run_logging,
+)
+from common.runtime import set_cpu_threads
+from common.task import Task
+from common.trainer import Callback
+
+log = logging.getLogger("mlhw")
+SPLITS = ("auto", "kfold", "stratified", "group")
+
+
+def make_folds(n: int, folds: int, *, seed: int = 0, split: str = "auto",
+               labels: np.ndarray | None = None, groups: np.ndarray | None = None
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Deterministic (train_idx, held_out_idx) pairs; held-out parts are disjoint and cover
+    0..n-1. auto: grouped when groups are given (stratified too when labels are), stratified
+    when labels are, plain shuffled KFold otherwise."""
+    if split not in SPLITS:
+        raise UserError(f"kfold.split={split!r}: choose one of {', '.join(SPLITS)}")
+    if folds < 2:
+        raise UserError(f"--folds {folds}: k-fold needs at least 2 folds")
+    if folds > n:
+        raise UserError(f"--folds {folds}: more folds than the {n} training items")
+    if split == "auto":
+        split = "group" if groups is not None else "stratified" if labels is not None \
+            else "kfold"
+    if split == "group" and groups is None:
+        raise UserError("kfold.split=group: this homework defines no groups; use kfold")
+    if split == "stratified" and labels is None:
+        raise UserError("kfold.split=stratified: this homework has no classes; use kfold")
+    x = np.zeros(n)
+    if split == "group" and labels is not None:
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    elif split == "group":
+        splitter = GroupKFold(folds, shuffle=True, random_state=seed)
+    elif split == "stratified":
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(folds, shuffle=True, random_state=seed)
+    try:
+        parts = splitter.split(x, labels, groups) if split == "group" else \
+            splitter.split(x, labels)
+        return [(np.sort(tr), np.sort(va)) for tr, va in parts]
+    except ValueError as exc:  # e.g. fewer groups than folds
+        raise UserError(f"kfold: {exc}") from None
+
+
+def fold_config(config: Config, k: int) -> Config:
+    """Fold k's config (1-based): the run's, with trainer.seed + k - 1 if kfold.vary_seed."""
+    config = dict(config)
+    if config["kfold"].vary_seed:
+        config["trainer"] = replace(config["trainer"], seed=config["trainer"].seed + k - 1)
+    return config
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _say(message: str) -> None:
+    log.info(message)
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: Path,
+             callbacks: list[Callback] = ()) -> dict:
+    """Train one fold (continuing it if it has a last.pt), then write its out-of-fold outputs,
+    metrics and test predictions. Its oof.pt, written last, marks the fold finished."""
+    resume = (fold_dir / "checkpoints" / "last.pt").is_file()
+    if not resume:
+        save_config(task.config, fold_dir / "config.toml")
+    trainer = fit_split(task, train_data, train_idx, held_out, run_dir=fold_dir, resume=resume,
+                        callbacks=callbacks)
+    outputs, targets = predict_outputs(task, trainer, task.labelled_dataset(train_data, held_out),
+                                       with_targets=True)
+    metrics = {k: float(v) for k, v in task.metrics(outputs, targets).items()}
+    predict_and_write(task, trainer, test_data, fold_dir)
+    result = {"index": torch.from_numpy(held_out), "outputs": outputs, "targets": targets,
+              "metrics": metrics}
+    with atomic_write(fold_dir / "oof.pt", "wb") as fh:
+        torch.save(result, fh)
+    return result
+
+
+def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
+              resume: bool = False, callbacks: list[Callback] = ()) -> dict:
+    """Train config['kfold'].folds models on all training data (train and valid merged) and
+    fuse their test predictions. With resume, finished folds are kept as they are."""
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "config.toml").exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                        "or choose another --out")
+    task = task_cls(config)
+    kcfg = config["kfold"]
+    set_cpu_threads(config["trainer"].threads)
+    data_dir = data_dir_of(task)
+    train_data = task.load_train(data_dir)
+    test_data = task.load_test(data_dir)
+    n = task.num_train(train_data)
+    folds = make_folds(n, kcfg.folds, seed=kcfg.seed, split=kcfg.split,
+                       labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
+    with run_logging(run_dir):
+        if not resume:
+            save_config(config, run_dir / "config.toml")
+            fold_of = np.zeros(n, dtype=np.int64)
+            for k, (_, held_out) in enumerate(folds, 1):
+                fold_of[held_out] = k
+            _write_table(run_dir / "folds.csv",
+                         [{"index": i, "fold": int(f)} for i, f in enumerate(fold_of)])
+        results = []
+        for k, (train_idx, held_out) in enumerate(folds, 1):
+            fold_dir = run_dir / f"fold-{k}"
+            if (fold_dir / "oof.pt").is_file():
+                result = torch.load(fold_dir / "oof.pt", weights_only=True)
+                _say(f"fold {k}/{len(folds)}: finished earlier, kept")
+            else:
+                _say(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
+                     f"holding out {len(held_out)}")
+                task.config = fold_config(config, k)
+                result = run_fold(task, train_data, test_data, train_idx, held_out, fold_dir,
+                                  callbacks)
+            shown = " ".join(f"{m} {v:.5g}" for m, v in result["metrics"].items())
+            _say(f"fold {k}/{len(folds)}: out-of-fold {shown}")
+            results.append(result)
+        task.config = config
+
+        index = torch.cat([r["index"] for r in results])
+        order = torch.argsort(index)
+        oof_out = torch.cat([r["outputs"] for r in results])[order]
+        oof_target = torch.cat([r["targets"] for r in results])[order]
+        overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target).items()}
+        with atomic_write(run_dir / "oof.pt", "wb") as fh:
+            torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
+        rows = [{"fold": k, "train": len(tr), "held_out": len(va), **r["metrics"]}
+                for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]
+        rows.append({"fold": "all", "train": "", "held_out": n, **overall})
+        _write_table(run_dir / "kfold.csv", rows)
+        shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())
+        _say(f"out-of-fold over all {n} items: {shown}")
+
+        submission = fuse_and_write(task, test_data, fold_dirs(run_dir), run_dir,
+                                    method=kcfg.method)
+        log.info("submission written to %s", submission)
+    return {"run_dir": run_dir, "submission": submission, "oof": overall,
+            "folds": [r["metrics"] for r in results]}
+
+
+
+def fold_dirs(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("fold-*/"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def is_kfold_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / "folds.csv").is_file()
+
+
+def predict_kfold(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
+                  data_dir: str | None = None, tta: int | None = None) -> Path:
+    """Predict the test set again with every fold model (e.g. with TTA) and fuse them."""
+    run_dir = Path(run_dir)
+    folds = fold_dirs(run_dir)
+    if not folds or not all((f / "oof.pt").is_file() for f in folds):
+        raise UserError(f"{run_dir}: the k-fold run is unfinished; continue it with "
+                        f"kfold --resume {run_dir}")
+    for fold in folds:
+        predict_run(task_cls, fold, ckpt=ckpt, data_dir=data_dir, tta=tta)
+    return ensemble_run(task_cls, folds, run_dir, data_dir=data_dir,
+                        method=load_run_config(task_cls, run_dir)["kfold"].method)
