@@ -19,4 +19,6 @@ class LazyTask:
 TASKS = {
     "hw1": LazyTask("HW1 COVID-19 positive-rate regression (ml2022spring-hw1)",
                     "hw.hw1_covid.task:CovidTask"),
+    "hw2": LazyTask("HW2 framewise phoneme classification (ml2022spring-hw2)",
+                    "hw.hw2_phoneme.task:PhonemeTask"),
 }

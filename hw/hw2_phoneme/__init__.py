@@ -1,0 +1,1 @@
+"""HW2: framewise phoneme classification on LibriPhone MFCC features."""

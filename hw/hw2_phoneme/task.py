@@ -1,0 +1,139 @@
+"""HW2 task: frames in context windows, an MLP or a BiLSTM/BiGRU over the window, 41 classes."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.errors import UserError
+from common.mix import classification_loss
+from common.models import build_mlp
+from common.submission import write_submission
+from common.task import DataConfig, Task
+from hw.hw2_phoneme import data as phone
+
+
+@dataclass
+class PhonemeDataConfig(DataConfig):
+    valid_ratio: float = 0.2          # of the utterances (the course: 80/20)
+    split_seed: int = 1337            # the course shuffles train_split.txt with random.seed(1337)
+    concat_nframes: int = 1           # n (odd): frame t sees frames t-(n-1)/2 .. t+(n-1)/2
+
+
+@dataclass
+class PhonemeModelConfig:
+    arch: str = "mlp"                 # mlp | lstm | gru (bidirectional, over the window)
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp widths / rnn head
+    activation: str = "relu"
+    dropout: float = 0.0
+    batchnorm: bool = False
+    rnn_hidden: int = 256             # per direction
+    rnn_layers: int = 2
+    rnn_dropout: float = 0.0
+    label_smoothing: float = 0.0
+
+
+class WindowRNN(nn.Module):
+    """A bidirectional LSTM/GRU over the (B, n, 39) window; the centre frame's state, through
+    an MLP head, gives the class."""
+
+    def __init__(self, cell: str, n_in: int, hidden: int, layers: int, dropout: float,
+                 head: nn.Module):
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(n_in, hidden, num_layers=layers, batch_first=True, bidirectional=True,
+                       dropout=dropout if layers > 1 else 0.0)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, x.shape[1] // 2])
+
+
+def split_utterances(n_utt: int, valid_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The course's split: shuffle the utterance list with Python's random.seed(seed), the first
+    int((1 - valid_ratio) * n) train. Returns sorted utterance indices."""
+    if not 0.0 <= valid_ratio < 1.0:
+        raise UserError(f"data.valid_ratio={valid_ratio} must be in [0, 1)")
+    order = list(range(n_utt))
+    random.Random(seed).shuffle(order)
+    n_train = int((1.0 - valid_ratio) * n_utt)
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+class PhonemeTask(Task):
+    name = "hw2"
+    title = "HW2 framewise phoneme classification (ml2022spring-hw2)"
+    data_config = PhonemeDataConfig
+    model_config = PhonemeModelConfig
+    submission_name = "prediction.csv"
+    download_hint = "kaggle competitions download -c ml2022spring-hw2"
+    output_kind = "logits"
+    num_classes = phone.N_CLASSES
+    header = ("Id", "Class")
+
+    # --- data -----------------------------------------------------------------------------
+    def load_train(self, data_dir: Path) -> phone.Frames:
+        return phone.load_split(data_dir, "train")
+
+    def load_test(self, data_dir: Path) -> phone.Frames:
+        return phone.load_split(data_dir, "test")
+
+    def num_train(self, frames: phone.Frames) -> int:
+        return frames.num_frames
+
+    def split(self, frames: phone.Frames):
+        cfg = self.config["data"]
+        train_utt, valid_utt = split_utterances(len(frames.ids), cfg.valid_ratio, cfg.split_seed)
+        return frames.frames_of(train_utt), frames.frames_of(valid_utt)
+
+    def fold_groups(self, frames: phone.Frames) -> np.ndarray:
+        return frames.utterance_of_frame()  # k-fold never splits an utterance
+
+    def _windows(self, frames: phone.Frames, idx) -> phone.FrameWindows:
+        return phone.FrameWindows(frames, idx, self.config["data"].concat_nframes,
+                                  flat=self.config["model"].arch == "mlp")
+
+    def labelled_dataset(self, frames, idx):
+        return self._windows(frames, idx)
+
+    def make_datasets(self, frames, train_idx, valid_idx):
+        valid = self._windows(frames, valid_idx) if len(valid_idx) else None
+        return self._windows(frames, train_idx), valid
+
+    def make_test_dataset(self, frames):
+        return self._windows(frames, np.arange(frames.num_frames))
+
+    # --- model and objective ------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        cfg, n = self.config["model"], self.config["data"].concat_nframes
+        if cfg.arch == "mlp":
+            return build_mlp(phone.FEAT_DIM * n, cfg.hidden, phone.N_CLASSES,
+                             activation=cfg.activation, dropout=cfg.dropout,
+                             batchnorm=cfg.batchnorm)
+        if cfg.arch in ("lstm", "gru"):
+            head = build_mlp(2 * cfg.rnn_hidden, cfg.hidden, phone.N_CLASSES,
+                             activation=cfg.activation, dropout=cfg.dropout,
+                             batchnorm=cfg.batchnorm)
+            return WindowRNN(cfg.arch, phone.FEAT_DIM, cfg.rnn_hidden, cfg.rnn_layers,
+                             cfg.rnn_dropout, head)
+        raise UserError(f"model.arch={cfg.arch!r}: choose mlp, lstm or gru")
+
+    def loss(self, output, batch):
+        return classification_loss(output, batch[-1], self.config["model"].label_smoothing)
+
+    def metrics(self, outputs, targets):
+        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}
+
+    def write_submission(self, frames, outputs, path: Path) -> Path:
+        classes = outputs.argmax(-1).numpy()
+        return write_submission(path, self.header, range(frames.num_frames), classes)
+
+    @classmethod
+    def write_demo_data(cls, dest: Path) -> Path:
+        return phone.write_demo_data(Path(dest))
