@@ -26,6 +26,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench/trainer_overhead.py
 	$(PY) scripts/bench/hw1_cv.py
+	$(PY) scripts/bench/hw1_kfold.py
+	$(PY) scripts/bench/hw2_pipeline.py
 
 clean:
 	rm -rf $(VENV) runs
