@@ -23,18 +23,28 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(payload, fh)
 
 
-def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
-    """Load and check a checkpoint; a missing, truncated or foreign file is a UserError."""
+def load_torch_file(path: str | Path, *, missing: str, unreadable: str) -> Any:
+    """torch.load (tensors only, to the CPU) where a missing or damaged file is a UserError:
+    `missing` is the message for an absent file, `unreadable` for a damaged one, where
+    {reason} stands for what torch reported."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; check the run directory or --ckpt")
+        raise UserError(f"{path}: {missing}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); "
-                        "use another checkpoint or retrain") from None
+        raise UserError(f"{path}: {unreadable.format(reason=reason)}") from None
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """Load and check a checkpoint; a missing, truncated or foreign file is a UserError."""
+    path = Path(path)
+    state = load_torch_file(
+        path, missing="checkpoint not found; check the run directory or --ckpt",
+        unreadable="not a readable checkpoint (truncated or corrupt: {reason}); use another "
+        "checkpoint or retrain")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint written by this suite; pass one from a run "
                         "directory's checkpoints/")

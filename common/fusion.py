@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from common.checkpoint import load_torch_file
 from common.errors import UserError
 from common.io import atomic_write
 
@@ -92,14 +93,10 @@ def load_outputs(member: str | Path, task: str) -> dict[str, Any]:
     path = Path(member)
     if path.is_dir():
         path = path / OUTPUTS_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: no saved test outputs; pass a finished run, k-fold or fold "
-                        "directory (train, kfold and predict write test_outputs.pt)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"{path}: unreadable ({type(exc).__name__}); predict that run again "
-                        "with `predict --run`") from None
+    saved = load_torch_file(
+        path, missing="no saved test outputs; pass a finished run, k-fold or fold directory "
+        "(train, kfold and predict write test_outputs.pt)",
+        unreadable="unreadable ({reason}); predict that run again with `predict --run`")
     if not isinstance(saved, dict) or "outputs" not in saved:
         raise UserError(f"{path}: not a test_outputs.pt written by this suite")
     if saved.get("task") != task:

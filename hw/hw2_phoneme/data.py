@@ -6,8 +6,6 @@ windows are built per batch by index arithmetic (FrameWindows), never materialis
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.checkpoint import load_torch_file
 from common.errors import UserError
 
 N_CLASSES = 41
@@ -72,14 +71,9 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_feature(path: Path, utt: str) -> torch.Tensor:
-    if not path.is_file():
-        raise UserError(f"{path}: missing feature file for utterance {utt}")
-    try:
-        feat = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as exc:
-        raise UserError(f"{path}: unreadable feature file for utterance {utt} "
-                        f"({type(exc).__name__}); download the data again") from None
+    feat = load_torch_file(path, missing=f"missing feature file for utterance {utt}",
+                           unreadable=f"unreadable feature file for utterance {utt} "
+                           "({reason}); download the data again")
     if not isinstance(feat, torch.Tensor) or feat.dim() != 2 or feat.shape[1] != FEAT_DIM \
             or not feat.is_floating_point() or feat.shape[0] == 0:
         what = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
