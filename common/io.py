@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,15 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_csv_atomic(path: str | Path, header: Sequence[str],
+                     rows: Iterable[Sequence]) -> None:
+    """A CSV file with a header, written atomically; rows are streamed, not collected."""
+    with atomic_write(path) as fh:
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -7,7 +7,6 @@ Run directory:  config.toml  folds.csv  kfold.csv  oof.pt  test_outputs.pt  <sub
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 from dataclasses import replace
@@ -17,9 +16,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+from common.checkpoint import load_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
-from common.io import atomic_write
+from common.io import atomic_write, write_csv_atomic
 from common.pipeline import (
     data_dir_of,
     ensemble_run,
@@ -83,13 +83,6 @@ def fold_config(config: Config, k: int) -> Config:
     return config
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path) as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _say(message: str) -> None:
     log.info(message)
     print(message, file=sys.stderr, flush=True)
@@ -138,13 +131,15 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
             fold_of = np.zeros(n, dtype=np.int64)
             for k, (_, held_out) in enumerate(folds, 1):
                 fold_of[held_out] = k
-            _write_table(run_dir / "folds.csv",
-                         [{"index": i, "fold": int(f)} for i, f in enumerate(fold_of)])
+            write_csv_atomic(run_dir / "folds.csv", ("index", "fold"),
+                             enumerate(fold_of.tolist()))
         results = []
         for k, (train_idx, held_out) in enumerate(folds, 1):
             fold_dir = run_dir / f"fold-{k}"
             if (fold_dir / "oof.pt").is_file():
-                result = torch.load(fold_dir / "oof.pt", weights_only=True)
+                result = load_torch_file(
+                    fold_dir / "oof.pt", missing="gone",
+                    unreadable="damaged ({reason}); delete it to train this fold again")
                 _say(f"fold {k}/{len(folds)}: finished earlier, kept")
             else:
                 _say(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
@@ -164,10 +159,11 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target).items()}
         with atomic_write(run_dir / "oof.pt", "wb") as fh:
             torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
-        rows = [{"fold": k, "train": len(tr), "held_out": len(va), **r["metrics"]}
+        names = list(overall)
+        rows = [[k, len(tr), len(va), *(r["metrics"][m] for m in names)]
                 for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]
-        rows.append({"fold": "all", "train": "", "held_out": n, **overall})
-        _write_table(run_dir / "kfold.csv", rows)
+        rows.append(["all", "", n, *overall.values()])
+        write_csv_atomic(run_dir / "kfold.csv", ["fold", "train", "held_out", *names], rows)
         shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())
         _say(f"out-of-fold over all {n} items: {shown}")
 
@@ -176,7 +172,6 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         log.info("submission written to %s", submission)
     return {"run_dir": run_dir, "submission": submission, "oof": overall,
             "folds": [r["metrics"] for r in results]}
-
 
 
 def fold_dirs(run_dir: Path) -> list[Path]:

@@ -51,13 +51,13 @@ def one_hot_smooth(target: torch.Tensor, n_classes: int, smoothing: float = 0.0)
     return F.one_hot(target.long(), n_classes).float() * (1.0 - smoothing) + off
 
 
-def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator | None = None):
+def cutmix_box(h: int, w: int, lam: float):
     """A box covering about (1 - lam) of an h x w image, centred uniformly at random; returns
     (top, bottom, left, right) clipped to the image."""
     cut = (1.0 - lam) ** 0.5
     ch, cw = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=generator))
-    cx = int(torch.randint(w, (1,), generator=generator))
+    cy = int(torch.randint(h, (1,)))
+    cx = int(torch.randint(w, (1,)))
     top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     return top, bottom, left, right

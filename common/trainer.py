@@ -24,7 +24,7 @@ from tqdm import tqdm
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import EpochBatchSampler, build_loader
 from common.errors import UserError
-from common.io import atomic_write
+from common.io import write_csv_atomic, write_text_atomic
 from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor, set_lr
 from common.runtime import amp_dtype, autocast, choose_device, get_rng_state, set_rng_state
 
@@ -235,12 +235,13 @@ class Trainer:
         return self.run_dir / "metrics.csv" if self.run_dir else None
 
     def _rewrite_metrics_csv(self) -> None:
-        path = self._metrics_path()
-        with atomic_write(path) as fh:
-            if self.state.history:
-                writer = csv.DictWriter(fh, fieldnames=list(self.state.history[0]))
-                writer.writeheader()
-                writer.writerows(self.state.history)
+        history = self.state.history
+        if not history:
+            write_text_atomic(self._metrics_path(), "")
+            return
+        fields = list(history[0])
+        write_csv_atomic(self._metrics_path(), fields,
+                         ([row.get(k, "") for k in fields] for row in history))
 
     def _append_metrics(self, row: dict[str, float]) -> None:
         path = self._metrics_path()
