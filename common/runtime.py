@@ -19,6 +19,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def torch_seeded(seed: int):
+    """Run a block on torch's CPU generator seeded with `seed`, then put its state back, so
+    per-item randomness (augmentation) is a pure function of the seed and costs microseconds."""
+    gen = torch.default_generator
+    state = gen.get_state()
+    gen.manual_seed(seed)
+    try:
+        yield
+    finally:
+        gen.set_state(state)
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: derive python and numpy seeds from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32

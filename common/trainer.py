@@ -49,6 +49,7 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True                  # mixed precision on CUDA (bf16 if supported, else fp16)
+    channels_last: bool = False       # on CUDA, NHWC memory format for the model and 4-D inputs
     num_workers: int = 0
     threads: int = 0                  # CPU threads; 0: all cores available to the process
     print_every_evals: int = 1        # print every Nth evaluation line (all go to log.txt)
@@ -128,7 +129,11 @@ class Trainer:
         self.cfg, self.objective = cfg, objective
         self.optim_cfg, self.sched_cfg = optim or OptimConfig(), sched or SchedConfig()
         self.device = choose_device(cfg.device)
+        self.memory_format = (torch.channels_last if cfg.channels_last
+                              and self.device.type == "cuda" else None)
         self.model = model.to(self.device)
+        if self.memory_format is not None:
+            self.model = self.model.to(memory_format=self.memory_format)
         if cfg.ema and not 0.0 <= cfg.ema_decay <= 1.0:
             raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
@@ -257,6 +262,8 @@ class Trainer:
     def _loader(self, dataset, *, train: bool, epoch: int = 0, start_batch: int = 0):
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size
                                                          or self.cfg.batch_size)
+        if train and hasattr(dataset, "set_epoch"):  # per-epoch augmentation seeds
+            dataset.set_epoch(epoch)
         return build_loader(dataset, batch_size, shuffle=train, seed=self.cfg.seed, epoch=epoch,
                             start_batch=start_batch, drop_last=train and self.cfg.drop_last,
                             num_workers=self.cfg.num_workers,
@@ -267,6 +274,8 @@ class Trainer:
         """Move a batch to the device; the model's output and, if asked, the loss (under AMP).
         Training runs the raw model after the batch transform (mixup), evaluation the EMA."""
         batch = to_device(batch, self.device, non_blocking=True)
+        if self.memory_format is not None and batch[0].dim() == 4:
+            batch = (batch[0].contiguous(memory_format=self.memory_format), *batch[1:])
         if train and self.batch_transform is not None:
             batch = self.batch_transform(batch, self.state.epoch)
         with autocast(self.device, self.amp_dtype):

@@ -21,4 +21,6 @@ TASKS = {
                     "hw.hw1_covid.task:CovidTask"),
     "hw2": LazyTask("HW2 framewise phoneme classification (ml2022spring-hw2)",
                     "hw.hw2_phoneme.task:PhonemeTask"),
+    "hw3": LazyTask("HW3 Food-11 image classification (ml2022spring-hw3b)",
+                    "hw.hw3_food.task:FoodTask"),
 }

@@ -1,0 +1,223 @@
+"""Images decoded and resized once into a uint8 (N, S, S, 3) cache, then served from it.
+
+The cache is built in parallel with a progress bar and, given a folder, kept on disk as a .npy
+file (memory-mapped when read back) named by a hash of the source files (path, size, mtime) and
+the resize settings, so it is rebuilt exactly when one of them changes. `ImageDataset` serves
+items from it: with a transform each item is augmented on its own, seeded from
+(seed, epoch, item), so augmentation does not depend on worker count or on a resume; without one
+a whole batch is gathered and centre-cropped in one step. Pillow is imported on use only.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from common.errors import UserError, warn_user
+from common.io import atomic_write
+from common.runtime import derive_seed, torch_seeded
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_VERSION = 1
+RESIZE_MODES = ("squash", "crop")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in a folder, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def decode_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
+    """One image as an RGB uint8 (size, size, 3) array. squash: resize to size x size,
+    ignoring the aspect ratio (the course's Resize((s, s))); crop: shorter side to size, then
+    the centre square. JPEGs are decoded at the smallest DCT scale that still covers size."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))
+        im = im.convert("RGB")
+        if resize == "crop":
+            im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
+        else:
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+@dataclass
+class CachedImages:
+    """Decoded images: `array` (N, S, S, 3) uint8, in memory or memory-mapped; `bad` maps the
+    index of each unreadable file (left black) to the reason."""
+
+    array: np.ndarray
+    bad: dict[int, str]
+    path: Path | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+
+def cache_key(files: Sequence[Path], size: int, resize: str) -> str:
+    """Changes whenever a file is added, removed, renamed, rewritten or the settings change."""
+    digest = hashlib.sha1(json.dumps([CACHE_VERSION, size, resize]).encode())
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _unreadable(path: Path, reason: str) -> UserError:
+    return UserError(f"{path}: unreadable image ({reason}); replace or delete it, or set "
+                     "data.skip_bad_images = true to skip such files with a warning")
+
+
+def _decode_all(files: Sequence[Path], size: int, resize: str, *, skip_bad: bool,
+                workers: int, desc: str) -> CachedImages:
+    array = np.zeros((len(files), size, size, 3), dtype=np.uint8)
+    bad: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        try:
+            array[i] = decode_image(files[i], size, resize)
+        except Exception as exc:  # Pillow raises several types for a damaged file
+            bad[i] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if not skip_bad:
+                raise
+
+    workers = workers or min(32, len(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity") else os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(files), desc=desc, unit="img",
+                                                   disable=None, dynamic_ncols=True) as bar:
+        futures = [pool.submit(work, i) for i in range(len(files))]
+        try:
+            for fut in futures:
+                fut.result()
+                bar.update(1)
+        except Exception:
+            for fut in futures:
+                fut.cancel()
+            i = min(bad)
+            raise _unreadable(files[i], bad[i]) from None
+    return CachedImages(array, dict(sorted(bad.items())))
+
+
+def load_images(files: Sequence[Path], size: int, *, resize: str = "squash",
+                cache_dir: str | Path | None = None, skip_bad: bool = False, workers: int = 0,
+                desc: str = "decode") -> CachedImages:
+    """Decode and resize `files` once. With cache_dir, reuse the cache built from the same
+    files and settings, or build and save it (atomically). An unreadable file is an error, or
+    with skip_bad a warning (its index is in `.bad`)."""
+    if resize not in RESIZE_MODES:
+        raise UserError(f"resize mode {resize!r} is unknown; choose squash or crop")
+    if size < 8:
+        raise UserError(f"image size {size} is too small; use at least 8 pixels")
+    files = [Path(f) for f in files]
+    cached = None
+    if cache_dir:
+        base = Path(cache_dir).expanduser() / f"{cache_key(files, size, resize)}"
+        npy, meta = base.with_suffix(".npy"), base.with_suffix(".json")
+        if meta.is_file() and npy.is_file():
+            try:
+                info = json.loads(meta.read_text(encoding="utf-8"))
+                array = np.load(npy, mmap_mode="r")
+                if array.shape == (len(files), size, size, 3) and array.dtype == np.uint8:
+                    cached = CachedImages(array, {int(k): v for k, v in info["bad"].items()}, npy)
+            except (OSError, ValueError, KeyError):
+                cached = None  # a damaged cache is rebuilt below
+        if cached is None:
+            cached = _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers,
+                                 desc=desc)
+            with atomic_write(npy, "wb") as fh:
+                np.save(fh, cached.array)
+            with atomic_write(meta) as fh:  # written last: marks the cache complete
+                json.dump({"files": len(files), "size": size, "resize": resize,
+                           "first": str(files[0]) if files else "",
+                           "bad": {str(k): v for k, v in cached.bad.items()}}, fh)
+            cached.path = npy
+    else:
+        cached = _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers, desc=desc)
+    if cached.bad:
+        i, reason = next(iter(cached.bad.items()))
+        if not skip_bad:
+            raise _unreadable(files[i], reason)
+        for i, reason in cached.bad.items():
+            warn_user(f"{files[i]}: unreadable image ({reason}), skipped")
+    return cached
+
+
+def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 1024
+                  ) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (0..255 units) of the given rows."""
+    total = np.zeros(3, dtype=np.float64)
+    total_sq = np.zeros(3, dtype=np.float64)
+    count = 0
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(array[np.sort(rows[start:start + chunk])], dtype=np.float64)
+        total += block.sum(axis=(0, 1, 2))
+        total_sq += (block ** 2).sum(axis=(0, 1, 2))
+        count += block.shape[0] * block.shape[1] * block.shape[2]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 1e-6))
+    return mean.tolist(), std.tolist()
+
+
+class ImageDataset(Dataset):
+    """Rows `rows` of a (N, S, S, 3) uint8 image array, as (3, s, s) uint8 tensors, with labels
+    if given. With `transform` (called on the HWC uint8 array, returning a CHW uint8 tensor)
+    items are built one by one; without it whole batches are gathered and centre-cropped to
+    `crop` pixels (0: no crop), with no per-item work."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: torch.Tensor | None = None,
+                 *, transform: Callable | None = None, crop: int = 0, seed: int = 0):
+        self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
+        self.labels = labels
+        if labels is not None and len(labels) != len(self.rows):
+            raise ValueError("one label per row expected")
+        self.transform, self.crop, self.seed, self.epoch = transform, crop, seed, 0
+
+    @property
+    def batched_indexing(self) -> bool:
+        return self.transform is None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def with_transform(self, transform: Callable | None, seed: int) -> ImageDataset:
+        """The same items under another transform and seed (a test-time augmented view)."""
+        view = copy.copy(self)
+        view.transform, view.seed, view.epoch = transform, seed, 0
+        return view
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _centre(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.crop or self.crop >= x.shape[-1]:
+            return x
+        top = (x.shape[-2] - self.crop) // 2
+        left = (x.shape[-1] - self.crop) // 2
+        return x[..., top:top + self.crop, left:left + self.crop]
+
+    def __getitem__(self, i):
+        if self.transform is None:  # i: a tensor of positions (the loader's whole batch)
+            i = torch.as_tensor(i)
+            rows = self.rows[i.numpy()]
+            x = self._centre(torch.from_numpy(np.ascontiguousarray(self.array[rows]))
+                             .permute(0, 3, 1, 2))
+            return (x,) if self.labels is None else (x, self.labels[i])
+        row = int(self.rows[i])
+        with torch_seeded(derive_seed(self.seed, self.epoch, row)):
+            x = self.transform(np.asarray(self.array[row]))
+        return (x,) if self.labels is None else (x, self.labels[i])

@@ -1,0 +1,1 @@
+"""HW3 Food-11 image classification."""

@@ -1,0 +1,274 @@
+"""HW3 task: Food-11 from a uint8 image cache, torchvision v2 augmentation, the course's 5-block
+CNN or from-scratch residual networks (never pretrained weights), 11 classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+from torchvision.transforms import v2
+
+from common.data import split_train_valid
+from common.errors import UserError
+from common.images import ImageDataset, channel_stats
+from common.mix import classification_loss
+from common.runtime import derive_seed
+from common.submission import write_submission
+from common.task import DataConfig, Task
+from hw.hw3_food import data as food
+
+
+@dataclass
+class FoodDataConfig(DataConfig):
+    split: str = "given"              # given: training/ vs validation/ | random: valid_ratio
+    image_size: int = 128             # model input, pixels per side
+    cache_size: int = 0               # side of the decoded cache (>= image_size); 0: image_size
+    resize: str = "squash"            # squash: (s, s) like the course | crop: centre square
+    cache_dir: str = ".cache/images"  # where decoded caches are kept; "": memory only
+    decode_workers: int = 0           # threads decoding JPEGs; 0: one per core
+    skip_bad_images: bool = False     # unreadable files: error, or skip them with a warning
+    normalize: bool = True            # per-channel mean/std of the training part
+    augment: bool = True              # the training transforms below; false: centre view only
+    crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])  # RandomResizedCrop
+    flip: bool = True
+    rotation: float = 0.0             # degrees, random in [-r, r]
+    color_jitter: float = 0.0         # brightness = contrast = saturation jitter
+    policy: str = "none"              # none | trivial | auto | rand (TrivialAugmentWide,
+                                      # AutoAugment ImageNet policy, RandAugment)
+    rand_ops: int = 2                 # RandAugment num_ops
+    rand_magnitude: int = 9           # RandAugment magnitude
+    erasing: float = 0.0              # RandomErasing probability
+    tta_crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])  # TTA views: a
+                                      # random resized crop of this area and a flip, no colour
+
+
+@dataclass
+class FoodModelConfig:
+    arch: str = "resnet"              # course_cnn | resnet (ours, sized below) | any torchvision
+                                      # classification model name (resnet18, resnet50, ...)
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # resnet stages
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    bottleneck: bool = False
+    stem: str = "conv3"               # conv3: 3x3 stride 1 | conv3s2: stride 2 | imagenet: 7x7
+                                      # stride 2 + max pool (torchvision resnets accept all three)
+    dropout: float = 0.0              # before the classifier
+    label_smoothing: float = 0.0
+
+
+class Normalize(nn.Module):
+    """uint8 (or 0..255 float, after mixup) images to normalised float; the statistics travel
+    with the weights."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def course_cnn(image_size: int, num_classes: int) -> nn.Sequential:
+    """The course sample: five Conv3x3-BN-ReLU-MaxPool blocks (64, 128, 256, 512, 512) and a
+    1024-512 MLP head; 12,833,803 parameters at 128x128."""
+    layers, c_in = [], 3
+    for c_out in (64, 128, 256, 512, 512):
+        layers += [nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                   nn.MaxPool2d(2, 2, 0)]
+        c_in = c_out
+    side = image_size // 32
+    if side < 1:
+        raise UserError(f"data.image_size={image_size}: the course CNN needs at least 32")
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * side * side, 1024), nn.ReLU(),
+                         nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, num_classes))
+
+
+def make_stem(kind: str, width: int) -> nn.Sequential:
+    if kind not in ("conv3", "conv3s2", "imagenet"):
+        raise UserError(f"model.stem={kind!r}: choose conv3, conv3s2 or imagenet")
+    if kind == "imagenet":
+        return nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(nn.Conv2d(3, width, 3, 2 if kind == "conv3s2" else 1, 1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+
+def residual_net(widths: list[int], blocks: list[int], *, bottleneck: bool, stem: str,
+                 dropout: float, num_classes: int) -> nn.Sequential:
+    """A ResNet of any width and depth from torchvision's blocks: each stage after the first
+    halves the resolution; the last BatchNorm of every block starts at zero."""
+    if not widths or len(widths) != len(blocks) or min(blocks) < 1:
+        raise UserError("model.widths and model.blocks need one entry per stage, blocks >= 1")
+    block = Bottleneck if bottleneck else BasicBlock
+    layers = [make_stem(stem, widths[0])]
+    c_in = widths[0]
+    for i, (width, n) in enumerate(zip(widths, blocks, strict=True)):
+        for j in range(n):
+            stride = 2 if i > 0 and j == 0 else 1
+            c_out = width * block.expansion
+            down = None if stride == 1 and c_in == c_out else nn.Sequential(
+                conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+            layers.append(block(c_in, width, stride, down))
+            c_in = c_out
+    for m in layers[1:]:
+        nn.init.zeros_(m.bn3.weight if bottleneck else m.bn2.weight)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                         nn.Linear(c_in, num_classes))
+
+
+def torchvision_model(name: str, stem: str, num_classes: int) -> nn.Module:
+    """A torchvision classification model by name with random weights; resnets get our stem."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise UserError(f"model.arch={name!r} is unknown; choose course_cnn, resnet or a "
+                        f"torchvision model such as {', '.join(n for n in names if 'res' in n)}")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if stem != "imagenet" and hasattr(model, "conv1") and hasattr(model, "maxpool"):
+        model.conv1 = make_stem(stem, model.conv1.out_channels)[0]
+        model.maxpool = nn.Identity()
+    return model
+
+
+class FoodTask(Task):
+    name = "hw3"
+    title = "HW3 Food-11 image classification (ml2022spring-hw3b)"
+    data_config = FoodDataConfig
+    model_config = FoodModelConfig
+    submission_name = "submission.csv"
+    download_hint = "kaggle competitions download -c ml2022spring-hw3b"
+    output_kind = "logits"
+    num_classes = food.N_CLASSES
+    header = ("Id", "Category")
+
+    def __init__(self, config):
+        super().__init__(config)
+        data = config["data"]
+        self.cache_size = data.cache_size or data.image_size
+        if self.cache_size < data.image_size:
+            raise UserError(f"data.cache_size={data.cache_size} is smaller than "
+                            f"data.image_size={data.image_size}")
+        self.mean, self.std = [0.0] * 3, [255.0] * 3
+
+    # --- data -----------------------------------------------------------------------------
+    def _load(self, data_dir: Path, names: tuple[str, ...]) -> food.FoodImages:
+        cfg = self.config["data"]
+        return food.load_folders(data_dir, names, size=self.cache_size, resize=cfg.resize,
+                                 cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images,
+                                 workers=cfg.decode_workers)
+
+    def load_train(self, data_dir: Path) -> food.FoodImages:
+        return self._load(data_dir, ("training", "validation"))
+
+    def load_test(self, data_dir: Path) -> food.FoodImages:
+        return self._load(data_dir, ("test",))
+
+    def split(self, images: food.FoodImages):
+        cfg = self.config["data"]
+        if cfg.split == "given":
+            return np.flatnonzero(images.folder == 0), np.flatnonzero(images.folder == 1)
+        if cfg.split == "random":
+            return split_train_valid(len(images), cfg.valid_ratio, cfg.split_seed)
+        raise UserError(f"data.split={cfg.split!r}: choose given (training/ vs validation/) "
+                        "or random")
+
+    def fold_labels(self, images: food.FoodImages) -> np.ndarray:
+        return images.labels.numpy()
+
+    def _dataset(self, images: food.FoodImages, idx, transform=None) -> ImageDataset:
+        idx = np.asarray(idx, dtype=np.int64)
+        labels = None if images.labels is None else images.labels[torch.from_numpy(idx)]
+        return ImageDataset(images.array, images.rows[idx], labels, transform=transform,
+                            crop=self.config["data"].image_size,
+                            seed=self.config["trainer"].seed)
+
+    def labelled_dataset(self, images, idx):
+        return self._dataset(images, idx)
+
+    def make_datasets(self, images, train_idx, valid_idx):
+        if self.config["data"].normalize:
+            self.mean, self.std = channel_stats(images.array, images.rows[train_idx])
+        train = self._dataset(images, train_idx, self.train_transform())
+        return train, (self._dataset(images, valid_idx) if len(valid_idx) else None)
+
+    def make_test_dataset(self, images):
+        return self._dataset(images, np.arange(len(images)))
+
+    # --- augmentation ---------------------------------------------------------------------
+    def _crop(self, scale: list[float]) -> v2.Transform:
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UserError(f"crop scale {scale} must be [min, max] with 0 < min <= max <= 1")
+        return v2.RandomResizedCrop(self.config["data"].image_size, scale=tuple(scale),
+                                    antialias=True)
+
+    def train_transform(self) -> v2.Compose | None:
+        """Cached HWC uint8 array -> PIL (the fastest backend at these sizes) -> augmented
+        CHW uint8 tensor; None when augmentation is off."""
+        cfg = self.config["data"]
+        if not cfg.augment:
+            return None
+        steps = [self._crop(cfg.crop_scale)]
+        if cfg.flip:
+            steps.append(v2.RandomHorizontalFlip())
+        if cfg.rotation:
+            steps.append(v2.RandomRotation(cfg.rotation))
+        if cfg.color_jitter:
+            steps.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+        policies = {"none": None, "trivial": v2.TrivialAugmentWide,
+                    "auto": v2.AutoAugment, "rand": v2.RandAugment}
+        if cfg.policy not in policies:
+            raise UserError(f"data.policy={cfg.policy!r}: choose none, trivial, auto or rand")
+        if cfg.policy == "rand":
+            steps.append(v2.RandAugment(num_ops=cfg.rand_ops, magnitude=cfg.rand_magnitude))
+        elif policies[cfg.policy] is not None:
+            steps.append(policies[cfg.policy]())
+        steps.append(v2.PILToTensor())
+        if cfg.erasing:
+            steps.append(v2.RandomErasing(cfg.erasing))
+        return v2.Compose([Image.fromarray, *steps])
+
+    def tta_transform(self) -> v2.Compose:
+        crop = self._crop(self.config["data"].tta_crop_scale)
+        return v2.Compose([Image.fromarray, crop, v2.RandomHorizontalFlip(), v2.PILToTensor()])
+
+    def tta_view(self, dataset: ImageDataset, view: int) -> ImageDataset:
+        seed = derive_seed(self.config["trainer"].seed, 7717, view)
+        return dataset.with_transform(self.tta_transform(), seed)
+
+    # --- model and objective --------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        cfg, size = self.config["model"], self.config["data"].image_size
+        if cfg.arch == "course_cnn":
+            body = course_cnn(size, self.num_classes)
+        elif cfg.arch == "resnet":
+            body = residual_net(cfg.widths, cfg.blocks, bottleneck=cfg.bottleneck, stem=cfg.stem,
+                                dropout=cfg.dropout, num_classes=self.num_classes)
+        else:
+            body = torchvision_model(cfg.arch, cfg.stem, self.num_classes)
+        return nn.Sequential(Normalize(self.mean, self.std), body)
+
+    def loss(self, output, batch):
+        return classification_loss(output, batch[-1], self.config["model"].label_smoothing)
+
+    def metrics(self, outputs, targets):
+        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}
+
+    def write_submission(self, images: food.FoodImages, outputs, path: Path) -> Path:
+        return write_submission(path, self.header, images.ids, outputs.argmax(-1).numpy())
+
+    # --- fitted state ---------------------------------------------------------------------
+    def state_dict(self):
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state):
+        self.mean = state.get("mean", self.mean)
+        self.std = state.get("std", self.std)
+
+    @classmethod
+    def write_demo_data(cls, dest: Path) -> Path:
+        return food.write_demo_data(Path(dest))
