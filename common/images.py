@@ -174,10 +174,12 @@ def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 1024
 
 
 class ImageDataset(Dataset):
-    """Rows `rows` of a (N, S, S, 3) uint8 image array, as (3, s, s) uint8 tensors, with labels
-    if given. With `transform` (called on the HWC uint8 array, returning a CHW uint8 tensor)
-    items are built one by one; without it whole batches are gathered and centre-cropped to
-    `crop` pixels (0: no crop), with no per-item work."""
+    """Rows `rows` of a (N, S, S, 3) uint8 image array, as (B, 3, s, s) uint8 batches, with
+    labels if given. The loader hands over a whole batch of positions (no per-item fetch, no
+    collate). With `transform` (HWC uint8 array -> CHW uint8 tensor) each item is augmented on
+    its own; without it the batch is gathered and centre-cropped to `crop` pixels (0: none)."""
+
+    batched_indexing = True
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, labels: torch.Tensor | None = None,
                  *, transform: Callable | None = None, crop: int = 0, seed: int = 0):
@@ -186,10 +188,6 @@ class ImageDataset(Dataset):
         if labels is not None and len(labels) != len(self.rows):
             raise ValueError("one label per row expected")
         self.transform, self.crop, self.seed, self.epoch = transform, crop, seed, 0
-
-    @property
-    def batched_indexing(self) -> bool:
-        return self.transform is None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -210,14 +208,18 @@ class ImageDataset(Dataset):
         left = (x.shape[-1] - self.crop) // 2
         return x[..., top:top + self.crop, left:left + self.crop]
 
+    def augmented(self, row: int) -> torch.Tensor:
+        """Item `row` of the array under the transform, seeded by (seed, epoch, row)."""
+        with torch_seeded(derive_seed(self.seed, self.epoch, row)):
+            return self.transform(np.asarray(self.array[row]))
+
     def __getitem__(self, i):
-        if self.transform is None:  # i: a tensor of positions (the loader's whole batch)
-            i = torch.as_tensor(i)
-            rows = self.rows[i.numpy()]
+        i = torch.as_tensor(i)  # a batch of positions, or one
+        rows = np.atleast_1d(self.rows[i.numpy()])
+        if self.transform is None:
             x = self._centre(torch.from_numpy(np.ascontiguousarray(self.array[rows]))
                              .permute(0, 3, 1, 2))
-            return (x,) if self.labels is None else (x, self.labels[i])
-        row = int(self.rows[i])
-        with torch_seeded(derive_seed(self.seed, self.epoch, row)):
-            x = self.transform(np.asarray(self.array[row]))
+        else:
+            x = torch.stack([self.augmented(int(r)) for r in rows])
+        x = x if i.dim() else x[0]
         return (x,) if self.labels is None else (x, self.labels[i])
