@@ -242,3 +242,28 @@ def test_recipes_on_demo_data(demo, tmp_path):
     assert acc["residual"] > acc["sample"] + 0.2
     assert acc["residual+tta"] >= acc["residual"]
     assert acc["kfold"] >= np.mean(members)
+
+
+def test_killed_augmented_run_with_workers_resumes_exactly(demo, tmp_path):
+    """Per-item augmentation seeds make a mid-epoch resume exact with loader workers too."""
+    from common.checkpoint import load_checkpoint
+    from tests.test_resume import run_and_kill
+
+    config = str(ROOT / "configs" / "hw3_cpu.toml")
+    overrides = [f'data.dir="{demo}"', f'data.cache_dir="{tmp_path / "c"}"', *SMALL[:4],
+                 "data.policy=trivial", "mix.cutmix_alpha=1.0", "mix.mixup_alpha=0.2",
+                 "trainer.epochs=2", "trainer.num_workers=2", "trainer.ckpt_every_steps=4",
+                 "predict.tta=0"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = run_cli("hw3", "train", "--config", config, "--out", str(straight),
+                   *[a for o in overrides for a in ("--set", o)])
+    assert done.returncode == 0, done.stderr
+    crash = run_and_kill("hw.hw3_food.task:FoodTask", config, overrides, killed, 10)
+    assert crash.returncode == 17, crash.stderr
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == 8
+    resumed = run_cli("hw3", "train", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "submission.csv").read_text() == (killed / "submission.csv").read_text()

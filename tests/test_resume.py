@@ -26,16 +26,26 @@ from common.config import load_config
 from common.kfold import kfold_run
 from common.pipeline import train_run
 from common.trainer import Callback
-from hw.hw1_covid.task import CovidTask
+from {module} import {task} as TaskClass
 
 class Kill(Callback):
     def on_step_end(self, trainer):
         if trainer.state.step == {kill} and trainer.run_dir.name in ("killed", "fold-2"):
             os._exit(17)  # no cleanup, no final checkpoint
 
-config = load_config(CovidTask.schema(), {config!r}, {overrides!r})
-{runner}(CovidTask, config, {run!r}, callbacks=[Kill()])
+config = load_config(TaskClass.schema(), {config!r}, {overrides!r})
+{runner}(TaskClass, config, {run!r}, callbacks=[Kill()])
 """
+
+
+def run_and_kill(task: str, config: str, overrides: list[str], run, kill: int, *,
+                 runner: str = "train_run") -> subprocess.CompletedProcess:
+    """Run in a child process that dies without cleanup after update `kill` (in the run
+    directory named 'killed', or a k-fold run's fold-2)."""
+    module, cls = task.split(":")
+    child = CHILD.format(module=module, task=cls, root=str(ROOT), kill=kill, config=config,
+                         overrides=overrides, run=str(run), runner=runner)
+    return subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
 
 
 def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
@@ -47,9 +57,7 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
                    *[a for o in overrides for a in ("--set", o)])
     assert done.returncode == 0, done.stderr
 
-    child = CHILD.format(root=str(ROOT), kill=KILL_AT, config=config, overrides=overrides,
-                         run=str(killed), runner="train_run")
-    crash = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    crash = run_and_kill("hw.hw1_covid.task:CovidTask", config, overrides, killed, KILL_AT)
     assert crash.returncode == 17, crash.stderr
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == 40
     assert "42," in (killed / "metrics.csv").read_text()  # logged after the checkpoint
@@ -89,9 +97,8 @@ def test_killed_kfold_resumes_the_unfinished_fold_and_keeps_the_finished_one(tmp
     assert done.returncode == 0, done.stderr
     assert "out-of-fold mse" in done.stdout
 
-    child = CHILD.format(root=str(ROOT), kill=30, config=config, overrides=overrides,
-                         run=str(killed), runner="kfold_run")
-    crash = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    crash = run_and_kill("hw.hw1_covid.task:CovidTask", config, overrides, killed, 30,
+                         runner="kfold_run")
     assert crash.returncode == 17, crash.stderr
     assert (killed / "fold-1" / "oof.pt").is_file() and not (killed / "fold-2" / "oof.pt").exists()
     assert load_checkpoint(killed / "fold-2" / "checkpoints" / "last.pt")["trainer"]["step"] == 28
