@@ -13,7 +13,7 @@ from torch import nn
 from common.config import Config
 from common.data import split_train_valid
 from common.errors import UserError
-from common.mix import MixConfig
+from common.mix import MixConfig, classification_loss
 from common.optim import OptimConfig, SchedConfig
 from common.trainer import Objective, TrainerConfig
 
@@ -122,3 +122,17 @@ class Task(Objective):
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
         raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """A task whose model outputs class logits: cross-entropy on hard or mixed (soft) targets,
+    with `model.label_smoothing` if the model config has it, and accuracy."""
+
+    output_kind: ClassVar[str] = "logits"
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        smoothing = getattr(self.config["model"], "label_smoothing", 0.0)
+        return classification_loss(output, batch[-1], smoothing)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}

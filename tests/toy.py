@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from common.mix import classification_loss
 from common.models import build_mlp
 from common.submission import write_submission
-from common.task import Task
+from common.task import ClassificationTask
 
 CENTRES = np.array([[0.0, 2.0], [1.8, -1.0], [-1.8, -1.0]], dtype=np.float32)
 
@@ -54,11 +53,10 @@ class NoisyView(Dataset):
         return (item[0] + self.scale * torch.randn_like(item[0]), *item[1:])
 
 
-class BlobsTask(Task):
+class BlobsTask(ClassificationTask):
     name = "blobs"
     title = "three Gaussian blobs"
     model_config = BlobsModelConfig
-    output_kind = "logits"
     num_classes = 3
     header = ("Id", "Class")
 
@@ -89,12 +87,6 @@ class BlobsTask(Task):
 
     def build_model(self) -> nn.Module:
         return build_mlp(2, self.config["model"].hidden, 3)
-
-    def loss(self, output, batch):
-        return classification_loss(output, batch[-1])
-
-    def metrics(self, outputs, targets):
-        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}
 
     def write_submission(self, data, outputs, path):
         return write_submission(path, self.header, list(range(len(outputs))),

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.mix import classification_loss
 from common.models import build_mlp
 from common.submission import write_submission
-from common.task import DataConfig, Task
+from common.task import ClassificationTask, DataConfig
 from hw.hw2_phoneme import data as phone
 
 
@@ -66,14 +65,13 @@ def split_utterances(n_utt: int, valid_ratio: float, seed: int) -> tuple[np.ndar
     return np.sort(order[:n_train]), np.sort(order[n_train:])
 
 
-class PhonemeTask(Task):
+class PhonemeTask(ClassificationTask):
     name = "hw2"
     title = "HW2 framewise phoneme classification (ml2022spring-hw2)"
     data_config = PhonemeDataConfig
     model_config = PhonemeModelConfig
     submission_name = "prediction.csv"
     download_hint = "kaggle competitions download -c ml2022spring-hw2"
-    output_kind = "logits"
     num_classes = phone.N_CLASSES
     header = ("Id", "Class")
 
@@ -123,12 +121,6 @@ class PhonemeTask(Task):
             return WindowRNN(cfg.arch, phone.FEAT_DIM, cfg.rnn_hidden, cfg.rnn_layers,
                              cfg.rnn_dropout, head)
         raise UserError(f"model.arch={cfg.arch!r}: choose mlp, lstm or gru")
-
-    def loss(self, output, batch):
-        return classification_loss(output, batch[-1], self.config["model"].label_smoothing)
-
-    def metrics(self, outputs, targets):
-        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}
 
     def write_submission(self, frames, outputs, path: Path) -> Path:
         classes = outputs.argmax(-1).numpy()

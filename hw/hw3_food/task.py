@@ -17,10 +17,9 @@ from torchvision.transforms import v2
 from common.data import split_train_valid
 from common.errors import UserError
 from common.images import ImageDataset, channel_stats
-from common.mix import classification_loss
 from common.runtime import derive_seed
 from common.submission import write_submission
-from common.task import DataConfig, Task
+from common.task import ClassificationTask, DataConfig
 from hw.hw3_food import data as food
 
 
@@ -135,14 +134,13 @@ def torchvision_model(name: str, stem: str, num_classes: int) -> nn.Module:
     return model
 
 
-class FoodTask(Task):
+class FoodTask(ClassificationTask):
     name = "hw3"
     title = "HW3 Food-11 image classification (ml2022spring-hw3b)"
     data_config = FoodDataConfig
     model_config = FoodModelConfig
     submission_name = "submission.csv"
     download_hint = "kaggle competitions download -c ml2022spring-hw3b"
-    output_kind = "logits"
     num_classes = food.N_CLASSES
     header = ("Id", "Category")
 
@@ -251,12 +249,6 @@ class FoodTask(Task):
         else:
             body = torchvision_model(cfg.arch, cfg.stem, self.num_classes)
         return nn.Sequential(Normalize(self.mean, self.std), body)
-
-    def loss(self, output, batch):
-        return classification_loss(output, batch[-1], self.config["model"].label_smoothing)
-
-    def metrics(self, outputs, targets):
-        return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}
 
     def write_submission(self, images: food.FoodImages, outputs, path: Path) -> Path:
         return write_submission(path, self.header, images.ids, outputs.argmax(-1).numpy())
