@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from common import distributed
 from common.config import load_config
 from common.errors import UserError
 from common.kfold import is_kfold_run, kfold_run, predict_kfold
@@ -110,9 +111,10 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
     """The demo data folder, written once (generation is deterministic)."""
     path = Path(dest or f"data/demo/{task_cls.name}")
     marker = path / ".complete"
-    if not marker.exists():
+    if not marker.exists() and distributed.is_main():
         task_cls.write_demo_data(path)
         marker.write_text("demo data complete\n")
+    distributed.barrier()  # under torchrun the other ranks wait for rank 0's files
     return path
 
 
@@ -148,7 +150,8 @@ def _train(task_cls: type[Task], args) -> int:
         name += "-demo" if args.demo else ""
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
-    print(f"run directory: {run_dir}")
+        run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
+    say(f"run directory: {run_dir}")
     try:
         if kfold:
             result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
@@ -159,16 +162,30 @@ def _train(task_cls: type[Task], args) -> int:
               f"{run_dir}", file=sys.stderr)
         return 130
     if kfold:
-        print("out-of-fold " + " ".join(f"{k} {v:.5g}" for k, v in result["oof"].items()))
+        say("out-of-fold " + " ".join(f"{k} {v:.5g}" for k, v in result["oof"].items()))
     elif result["best"] is not None:
-        print(f"best {config['trainer'].monitor}: {result['best']:.5g}")
-    print(f"submission: {result['submission']}")
+        say(f"best {config['trainer'].monitor}: {result['best']:.5g}")
+    say(f"submission: {result['submission']}")
     return 0
+
+
+def say(message: str) -> None:
+    """Print on rank 0 only (every process under torchrun runs the same command)."""
+    if distributed.is_main():
+        print(message)
 
 
 def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
     titles = {name: getattr(loader, "title", name) for name, loader in tasks.items()}
     args = build_parser(tasks, titles).parse_args(argv)
+    distributed.init_from_env()  # under torchrun: join the process group
+    try:
+        return _main(tasks, titles, args)
+    finally:
+        distributed.shutdown()
+
+
+def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
     if args.task == "list":
         for name in tasks:
             print(f"{name:6s} {titles[name]}")
@@ -180,23 +197,24 @@ def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
         if args.action == "predict":
             predict = predict_kfold if is_kfold_run(args.run) else predict_run
             path = predict(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
-            print(f"submission: {path}")
+            say(f"submission: {path}")
             return 0
         if args.action == "ensemble":
             out = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, "ensemble")
             path = ensemble_run(task_cls, args.members, out, method=args.method,
                                 weights=args.weights, data_dir=args.data)
-            print(f"submission: {path}")
+            say(f"submission: {path}")
             return 0
         if args.action == "average":
             path = average_run(task_cls, args.run, args.last, data_dir=args.data)
-            print(f"submission: {path}")
+            say(f"submission: {path}")
             return 0
         if args.action == "demo-data":
-            print(f"demo data: {demo_dir(task_cls, args.dest)}")
+            say(f"demo data: {demo_dir(task_cls, args.dest)}")
             return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+        print(f"{rank}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)

@@ -24,39 +24,60 @@ def split_train_valid(n: int, valid_ratio: float, seed: int) -> tuple[np.ndarray
 
 class EpochBatchSampler(Sampler):
     """Batches of indices; the permutation depends only on (seed, epoch). `start_batch` skips the
-    batches a resumed run has already consumed, without touching the data."""
+    batches a resumed run has already consumed, without touching the data.
+
+    Under torchrun (world > 1) each rank takes its share of the same permutation: with `even`
+    (training) every rank gets ceil(n / world) items, padded by repeating the first ones as
+    DistributedSampler does, rank r taking every world-th; without it (evaluation) rank r takes
+    the r-th contiguous block and nothing is repeated, so gathering in rank order restores the
+    dataset order with every item once."""
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, as_tensor: bool = False):
+                 drop_last: bool = False, as_tensor: bool = False, rank: int = 0,
+                 world: int = 1, even: bool = True):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.as_tensor = drop_last, as_tensor
+        self.rank, self.world, self.even = rank, world, even
         self.epoch, self.start_batch = 0, 0
+        per_rank = math.ceil(n / world)
+        self.local_n = per_rank if even or world == 1 else \
+            max(0, min(n, (rank + 1) * per_rank) - rank * per_rank)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def num_batches(self) -> int:
         if self.drop_last:
-            return self.n // self.batch_size
-        return math.ceil(self.n / self.batch_size)
+            return self.local_n // self.batch_size
+        return math.ceil(self.local_n / self.batch_size)
 
     def batch_sizes(self) -> list[int]:
         sizes = [self.batch_size] * self.num_batches()
-        if sizes and not self.drop_last and self.n % self.batch_size:
-            sizes[-1] = self.n % self.batch_size
+        if sizes and not self.drop_last and self.local_n % self.batch_size:
+            sizes[-1] = self.local_n % self.batch_size
         return sizes
 
     def __len__(self) -> int:
         return max(0, self.num_batches() - self.start_batch)
 
-    def __iter__(self):
+    def _order(self) -> torch.Tensor:
         if self.shuffle:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
+        if self.world == 1:
+            return order
+        per_rank = math.ceil(self.n / self.world)
+        if not self.even:
+            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        padded = order.repeat(math.ceil(per_rank * self.world / max(self.n, 1)))
+        return padded[:per_rank * self.world][self.rank::self.world]
+
+    def __iter__(self):
+        order = self._order()
         for b in range(self.start_batch, self.num_batches()):
             chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield chunk if self.as_tensor else chunk.tolist()
@@ -69,11 +90,14 @@ def supports_batched_indexing(dataset: Dataset) -> bool:
 
 def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0, start_batch: int = 0, drop_last: bool = False,
-                 num_workers: int = 0, pin_memory: bool = False, collate_fn=None) -> DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch); tensor datasets skip collation."""
+                 num_workers: int = 0, pin_memory: bool = False, collate_fn=None,
+                 rank: int = 0, world: int = 1, even: bool = True) -> DataLoader:
+    """A DataLoader whose order depends only on (seed, epoch); tensor datasets skip collation.
+    rank/world/even: this process's share under torchrun (see EpochBatchSampler)."""
     batched = supports_batched_indexing(dataset)
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, as_tensor=batched)
+                                drop_last=drop_last, as_tensor=batched, rank=rank, world=world,
+                                even=even)
     sampler.set_epoch(epoch, start_batch)
     common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker,
                   generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 1)),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+from common import distributed
 from common.checkpoint import load_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
@@ -113,6 +114,9 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     """Train config['kfold'].folds models on all training data (train and valid merged) and
     fuse their test predictions. With resume, finished folds are kept as they are."""
     run_dir = Path(run_dir)
+    if distributed.world_size() > 1:
+        raise UserError("kfold does not run under torchrun; run it in one process per fold "
+                        "machine, or run `train` under torchrun")
     if not resume and (run_dir / "config.toml").exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")

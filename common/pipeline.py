@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common import distributed
 from common.checkpoint import load_checkpoint, prediction_weights, save_checkpoint
 from common.config import Config, config_to_dict, load_config, save_config
 from common.errors import UserError
@@ -34,7 +35,10 @@ def new_run_dir(root: str | Path, task_name: str, name: str) -> Path:
 
 @contextlib.contextmanager
 def run_logging(run_dir: Path):
-    """Send the 'mlhw' log to run_dir/log.txt for the duration of a run."""
+    """Send the 'mlhw' log to run_dir/log.txt for the duration of a run (rank 0 only)."""
+    if not distributed.is_main():
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
@@ -95,7 +99,10 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
 
 def write_outputs(task: Task, test_data, outputs: torch.Tensor, out_dir: Path,
                   info: dict | None = None) -> Path:
-    """Keep raw test outputs (for ensembling) and write the submission next to them."""
+    """Keep raw test outputs (for ensembling) and write the submission next to them (rank 0
+    only under torchrun; every rank returns the submission's path)."""
+    if not distributed.is_main():
+        return out_dir / task.submission_name
     out_dir.mkdir(parents=True, exist_ok=True)
     save_outputs(out_dir / OUTPUTS_FILE, outputs, task=task.name, kind=task.output_kind,
                  info={"task_state": task.state_dict(), **(info or {})})
@@ -140,7 +147,7 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
     train_data = task.load_train(data_dir)
     test_data = task.load_test(data_dir)  # read before training: a bad file fails early
     with run_logging(run_dir):  # the run directory exists only once the data is valid
-        if not resume:
+        if not resume and distributed.is_main():
             save_config(config, run_dir / "config.toml")
         trainer = fit_split(task, train_data, *task.split(train_data), run_dir=run_dir,
                             resume=resume, callbacks=callbacks)

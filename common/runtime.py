@@ -48,8 +48,8 @@ def derive_seed(*parts: int) -> int:
 def choose_device(name: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other name is used as given."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # under torchrun: this process's GPU (LOCAL_RANK)
+            return torch.device("cuda", torch.cuda.current_device())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -7,6 +7,7 @@ stopping, history) lives in `TrainState` and in the checkpoint, so a resumed run
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -18,15 +19,25 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from common import distributed
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data import EpochBatchSampler, build_loader
 from common.errors import UserError
 from common.io import write_csv_atomic, write_text_atomic
 from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor, set_lr
-from common.runtime import amp_dtype, autocast, choose_device, get_rng_state, set_rng_state
+from common.runtime import (
+    amp_dtype,
+    autocast,
+    choose_device,
+    derive_seed,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 log = logging.getLogger("mlhw")
 
@@ -50,6 +61,7 @@ class TrainerConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True                  # mixed precision on CUDA (bf16 if supported, else fp16)
     channels_last: bool = False       # on CUDA, NHWC memory format for the model and 4-D inputs
+    sync_batchnorm: bool = False      # under torchrun on CUDA: BatchNorm statistics over all ranks
     num_workers: int = 0
     threads: int = 0                  # CPU threads; 0: all cores available to the process
     print_every_evals: int = 1        # print every Nth evaluation line (all go to log.txt)
@@ -129,6 +141,9 @@ class Trainer:
         self.cfg, self.objective = cfg, objective
         self.optim_cfg, self.sched_cfg = optim or OptimConfig(), sched or SchedConfig()
         self.device = choose_device(cfg.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.world > 1 and cfg.sync_batchnorm and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.memory_format = (torch.channels_last if cfg.channels_last
                               and self.device.type == "cuda" else None)
         self.model = model.to(self.device)
@@ -138,6 +153,13 @@ class Trainer:
             raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                                  use_buffers=True) if cfg.ema else None
+        # under torchrun the training forward goes through DDP (rank 0's weights broadcast now,
+        # gradients averaged); evaluation uses the plain module, sharded and gathered
+        self.train_model = self.model
+        if self.world > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            seed_everything(derive_seed(cfg.seed, 5051, self.rank))  # per-rank dropout, mixup
         self.batch_transform = batch_transform
         self.optimizer = build_optimizer(
             [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg)
@@ -173,27 +195,40 @@ class Trainer:
             "trainer": asdict(self.state),
             "train_loss": {"sum": self._loss_sum.cpu(), "count": self._loss_count},
             "rng": get_rng_state(),
+            "rng_ranks": distributed.all_gather_objects(get_rng_state()) if self.world > 1
+            else None,
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None
                           for cb in self.callbacks],
         }
 
     def load_best(self) -> None:
-        """Put the best weights (from best.pt or from memory) into the evaluated model."""
+        """Put the best weights (from best.pt or from memory) into the evaluated model. Under
+        torchrun rank 0 reads the file and sends it to the others."""
         if self.ckpt_dir:
-            self.eval_model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["model"])
+            state = distributed.broadcast_object(
+                load_checkpoint(self.ckpt_dir / "best.pt")["model"] if distributed.is_main()
+                else None)
+            self.eval_model.load_state_dict(state)
         elif self.best_model_state is not None:
             self.eval_model.load_state_dict(self.best_model_state)
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes files: a run directory and rank 0."""
+        return self.ckpt_dir is not None and distributed.is_main()
+
     def save_last(self) -> None:
         if self.ckpt_dir:
-            save_checkpoint(self.ckpt_dir / "last.pt", self.full_state())
+            state = self.full_state()  # every rank: the RNG states are gathered
+            if self.writes:
+                save_checkpoint(self.ckpt_dir / "last.pt", state)
 
     def save_best(self, metrics: dict[str, float]) -> None:
         """Write best.pt, or keep the best weights in memory when there is no run directory."""
         if not self.ckpt_dir:
             self.best_model_state = {k: v.detach().clone()
                                      for k, v in self.eval_model.state_dict().items()}
-        else:
+        elif self.writes:
             save_checkpoint(self.ckpt_dir / "best.pt", self._weights_state(metrics))
 
     def _weights_state(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -202,7 +237,7 @@ class Trainer:
 
     def _keep_checkpoint(self, metrics: dict[str, float]) -> None:
         """Write the evaluated weights as step-<step>.pt and delete all but the newest N."""
-        if not self.ckpt_dir or self.cfg.keep_checkpoints <= 0:
+        if not self.writes or self.cfg.keep_checkpoints <= 0:
             return
         save_checkpoint(self.ckpt_dir / f"step-{self.state.step:09d}.pt",
                         self._weights_state(metrics))
@@ -210,8 +245,11 @@ class Trainer:
             old.unlink()
 
     def restore(self, path: str | Path) -> None:
-        """Continue exactly from a last.pt written by `save_last`."""
-        ckpt = load_checkpoint(path, required=("model", "optimizer", "trainer", "rng"))
+        """Continue exactly from a last.pt written by `save_last` (under torchrun rank 0 reads
+        it and sends it to the others; each rank takes back its own RNG state)."""
+        ckpt = distributed.broadcast_object(
+            load_checkpoint(path, required=("model", "optimizer", "trainer", "rng"))
+            if distributed.is_main() else None)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None:
             if ckpt.get("ema") is None:
@@ -226,18 +264,24 @@ class Trainer:
         for cb, cb_state in zip(self.callbacks, ckpt.get("callbacks", []), strict=False):
             if cb_state is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(cb_state)
-        set_rng_state(ckpt["rng"])
-        if self.run_dir:
+        ranks = ckpt.get("rng_ranks")
+        if self.world > 1 and (not ranks or len(ranks) != self.world):
+            raise UserError(f"{path}: was written by {len(ranks) if ranks else 1} process(es); "
+                            f"resume it with as many, not {self.world}")
+        set_rng_state(ranks[self.rank] if self.world > 1 else ckpt["rng"])
+        if self.writes:
             self._rewrite_metrics_csv()
 
     # ---------------------------------------------------------------- logging
     def _write(self, message: str, console: bool) -> None:
+        if not distributed.is_main():
+            return
         log.info(message)
         if console:
             tqdm.write(message, file=sys.stderr)
 
     def _metrics_path(self) -> Path | None:
-        return self.run_dir / "metrics.csv" if self.run_dir else None
+        return self.run_dir / "metrics.csv" if self.writes else None
 
     def _rewrite_metrics_csv(self) -> None:
         history = self.state.history
@@ -268,7 +312,8 @@ class Trainer:
                             start_batch=start_batch, drop_last=train and self.cfg.drop_last,
                             num_workers=self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
-                            collate_fn=getattr(dataset, "collate_fn", None))
+                            collate_fn=getattr(dataset, "collate_fn", None),
+                            rank=self.rank, world=self.world, even=train)
 
     def _forward(self, batch, with_loss: bool, train: bool = False):
         """Move a batch to the device; the model's output and, if asked, the loss (under AMP).
@@ -279,14 +324,16 @@ class Trainer:
         if train and self.batch_transform is not None:
             batch = self.batch_transform(batch, self.state.epoch)
         with autocast(self.device, self.amp_dtype):
-            output = self.objective.forward(self.model if train else self.eval_model, batch)
+            output = self.objective.forward(self.train_model if train else self.eval_model, batch)
             loss = self.objective.loss(output, batch) if with_loss else None
         return batch, output, loss
 
     @torch.no_grad()
     def outputs_and_targets(self, dataset, with_loss: bool = True, max_batches: int = 0):
         """Outputs of the evaluated model over a dataset in order and, if with_loss, the
-        targets and the mean loss. Tensors are returned on the CPU."""
+        targets and the mean loss. Tensors are returned on the CPU. Under torchrun each rank
+        evaluates its contiguous share and every rank gets the whole, in dataset order."""
+        distributed.broadcast_buffers(self.eval_model)  # one model: rank 0's BN statistics
         self.eval_model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count, outputs, targets = 0, [], []
@@ -300,8 +347,13 @@ class Trainer:
                 count += n
                 targets.append(self.objective.target(batch).detach().cpu())
             outputs.append(self.objective.predict_output(output).float().cpu())
-        return (torch.cat(outputs), torch.cat(targets) if targets else None,
-                loss_sum.item() / max(count, 1))
+        parts = distributed.all_gather_objects(
+            (torch.cat(outputs) if outputs else None, torch.cat(targets) if targets else None,
+             loss_sum.item(), count))
+        outputs = torch.cat([p[0] for p in parts if p[0] is not None])
+        targets = [p[1] for p in parts if p[1] is not None]
+        loss_total, count = sum(p[2] for p in parts), sum(p[3] for p in parts)
+        return outputs, torch.cat(targets) if targets else None, loss_total / max(count, 1)
 
     def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
         """Mean loss (weighted by batch size) and the objective's metrics over the dataset."""
@@ -327,7 +379,8 @@ class Trainer:
         metrics = {} if valid_dataset is None else {
             f"valid_{k}": v for k, v in
             self.evaluate(valid_dataset, self.cfg.max_eval_batches).items()}
-        train_loss = (self._loss_sum.item() / self._loss_count) if self._loss_count else math.nan
+        loss_sum, loss_count = distributed.all_sum([self._loss_sum.item(), self._loss_count])
+        train_loss = loss_sum / loss_count if loss_count else math.nan
         self._loss_sum.zero_()
         self._loss_count = 0
         row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr,
@@ -362,12 +415,16 @@ class Trainer:
         a = self.cfg.accum_steps
         return [sum(sizes[(b // a) * a:(b // a + 1) * a]) for b in range(len(sizes))]
 
-    def _backward(self, batch, group_count: int) -> torch.Tensor:
-        """Forward and backward one micro-batch, weighted by its share of the update's samples."""
-        batch, _, loss = self._forward(batch, True, train=True)
-        n = self.objective.batch_size(batch)
-        scaled = loss * (n / group_count)
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+    def _backward(self, batch, group_count: int, sync: bool = True) -> torch.Tensor:
+        """Forward and backward one micro-batch, weighted by its share of the update's samples.
+        Under torchrun only the last micro-batch of an update (sync) averages gradients."""
+        quiet = self.train_model.no_sync() if self.world > 1 and not sync \
+            else contextlib.nullcontext()
+        with quiet:
+            batch, _, loss = self._forward(batch, True, train=True)
+            n = self.objective.batch_size(batch)
+            scaled = loss * (n / group_count)
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         self._loss_sum += loss.detach().double() * n
         self._loss_count += n
         return loss
@@ -397,7 +454,8 @@ class Trainer:
     def fit(self, train_dataset, valid_dataset=None) -> TrainState:
         cfg, st = self.cfg, self.state
         sizes = EpochBatchSampler(len(train_dataset), cfg.batch_size, shuffle=False,
-                                  drop_last=cfg.drop_last).batch_sizes()
+                                  drop_last=cfg.drop_last, rank=self.rank,
+                                  world=self.world).batch_sizes()
         if cfg.max_batches_per_epoch:
             sizes = sizes[:cfg.max_batches_per_epoch]
         if not sizes:
@@ -408,7 +466,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         bar = tqdm(total=total_steps, initial=st.step, desc="train", dynamic_ncols=True,
-                   disable=None, file=sys.stderr)
+                   disable=None if distributed.is_main() else True, file=sys.stderr)
         while st.epoch < cfg.epochs and not st.stopped:
             self.model.train()
             loader = self._loader(train_dataset, train=True, epoch=st.epoch,
@@ -420,9 +478,10 @@ class Trainer:
                 self.lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(
                     st.step, self.sched_cfg, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch))
-                loss = self._backward(batch, group_counts[b])
+                update = (b + 1) % cfg.accum_steps == 0 or b + 1 == len(sizes)
+                loss = self._backward(batch, group_counts[b], sync=update)
                 st.batch_in_epoch += 1
-                if st.batch_in_epoch % cfg.accum_steps and st.batch_in_epoch < len(sizes):
+                if not update:
                     continue
                 self._optimizer_step()
                 bar.update(1)
@@ -453,7 +512,7 @@ class Trainer:
         if valid_dataset is None:  # nothing to choose from: the final weights are the best
             self.save_best({"epoch": st.epoch, "step": st.step})
         self.save_last()
-        if self.run_dir and st.history:
+        if self.writes and st.history:
             from common.plots import plot_curves
             plot_curves(st.history, self.run_dir / "curves.png", monitor=cfg.monitor)
         for cb in self.callbacks:

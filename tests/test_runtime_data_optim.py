@@ -98,3 +98,30 @@ def test_optimizers_by_name():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.05
     with pytest.raises(UserError, match="optim.name"):
         build_optimizer(params, OptimConfig(name="lion"))
+
+
+def test_rank_shares_cover_the_data_like_distributed_sampler():
+    from common.data import EpochBatchSampler
+
+    n, world = 23, 3
+    train = [EpochBatchSampler(n, 4, shuffle=True, seed=5, rank=r, world=world, as_tensor=True)
+             for r in range(world)]
+    for s in train:
+        s.set_epoch(2)
+    shares = [torch.cat(list(s)) for s in train]
+    assert all(len(x) == 8 for x in shares)  # ceil(23 / 3) each, one item repeated
+    assert set(torch.cat(shares).tolist()) == set(range(n))
+    # the permutation one process would draw for that epoch; rank r takes every world-th item
+    alone = EpochBatchSampler(n, 100, shuffle=True, seed=5, as_tensor=True)
+    alone.set_epoch(2)
+    order = next(iter(alone))
+    padded = torch.cat([order, order[:1]])
+    for r in range(world):
+        assert torch.equal(shares[r], padded[r::world])
+    # evaluation: contiguous blocks, nothing repeated, rank order restores the order
+    evals = [EpochBatchSampler(n, 3, shuffle=False, rank=r, world=world, even=False,
+                               as_tensor=True) for r in range(world)]
+    assert torch.equal(torch.cat([torch.cat(list(s)) for s in evals]), torch.arange(n))
+    assert [s.local_n for s in evals] == [8, 8, 7]
+    tiny = [EpochBatchSampler(1, 3, shuffle=False, rank=r, world=2, even=False) for r in (0, 1)]
+    assert [len(s) for s in tiny] == [1, 0]
