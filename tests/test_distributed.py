@@ -137,3 +137,16 @@ def test_a_failed_rank_ends_the_run_and_resume_under_torchrun_is_exact(straight,
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert (straight / "straight" / "pred.csv").read_text() == (killed / "pred.csv").read_text()
+
+
+def test_cli_under_torchrun_makes_one_run_directory(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "scripts" / "run.py"), "hw1", "train", "--demo", "--dry-run",
+         "--set", "trainer.threads=1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "hw1").iterdir())
+    assert len(runs) == 1 and (runs[0] / "pred.csv").is_file()
+    assert res.stdout.count("run directory:") == 1 and str(runs[0].name) in res.stdout
