@@ -52,10 +52,11 @@ distributed.shutdown()
 """
 
 
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Two CPU processes on this machine, as a user launches them."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=cwd, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def child(tmp_path, run, log, kill=-1) -> subprocess.CompletedProcess:
@@ -140,12 +141,8 @@ def test_a_failed_rank_ends_the_run_and_resume_under_torchrun_is_exact(straight,
 
 
 def test_cli_under_torchrun_makes_one_run_directory(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "scripts" / "run.py"), "hw1", "train", "--demo", "--dry-run",
-         "--set", "trainer.threads=1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = torchrun(str(ROOT / "scripts" / "run.py"), "hw1", "train", "--demo", "--dry-run",
+                   "--set", "trainer.threads=1", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "runs" / "hw1").iterdir())
     assert len(runs) == 1 and (runs[0] / "pred.csv").is_file()
