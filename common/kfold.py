@@ -85,16 +85,22 @@ def fold_config(config: Config, k: int) -> Config:
 
 
 def _say(message: str) -> None:
-    log.info(message)
-    print(message, file=sys.stderr, flush=True)
+    if distributed.is_main():
+        log.info(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def _exists(path: Path) -> bool:
+    """Whether rank 0 sees the file (the other ranks need not share its disk)."""
+    return distributed.broadcast_object(path.is_file() if distributed.is_main() else None)
 
 
 def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: Path,
              callbacks: list[Callback] = ()) -> dict:
     """Train one fold (continuing it if it has a last.pt), then write its out-of-fold outputs,
     metrics and test predictions. Its oof.pt, written last, marks the fold finished."""
-    resume = (fold_dir / "checkpoints" / "last.pt").is_file()
-    if not resume:
+    resume = _exists(fold_dir / "checkpoints" / "last.pt")
+    if not resume and distributed.is_main():
         save_config(task.config, fold_dir / "config.toml")
     trainer = fit_split(task, train_data, train_idx, held_out, run_dir=fold_dir, resume=resume,
                         callbacks=callbacks)
@@ -104,8 +110,9 @@ def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: P
     predict_and_write(task, trainer, test_data, fold_dir)
     result = {"index": torch.from_numpy(held_out), "outputs": outputs, "targets": targets,
               "metrics": metrics}
-    with atomic_write(fold_dir / "oof.pt", "wb") as fh:
-        torch.save(result, fh)
+    if distributed.is_main():
+        with atomic_write(fold_dir / "oof.pt", "wb") as fh:
+            torch.save(result, fh)
     return result
 
 
@@ -114,9 +121,6 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     """Train config['kfold'].folds models on all training data (train and valid merged) and
     fuse their test predictions. With resume, finished folds are kept as they are."""
     run_dir = Path(run_dir)
-    if distributed.world_size() > 1:
-        raise UserError("kfold does not run under torchrun; run it in one process per fold "
-                        "machine, or run `train` under torchrun")
     if not resume and (run_dir / "config.toml").exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
@@ -130,7 +134,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     folds = make_folds(n, kcfg.folds, seed=kcfg.seed, split=kcfg.split,
                        labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
     with run_logging(run_dir):
-        if not resume:
+        if not resume and distributed.is_main():
             save_config(config, run_dir / "config.toml")
             fold_of = np.zeros(n, dtype=np.int64)
             for k, (_, held_out) in enumerate(folds, 1):
@@ -140,10 +144,11 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         results = []
         for k, (train_idx, held_out) in enumerate(folds, 1):
             fold_dir = run_dir / f"fold-{k}"
-            if (fold_dir / "oof.pt").is_file():
-                result = load_torch_file(
+            if _exists(fold_dir / "oof.pt"):
+                result = distributed.broadcast_object(load_torch_file(
                     fold_dir / "oof.pt", missing="gone",
                     unreadable="damaged ({reason}); delete it to train this fold again")
+                    if distributed.is_main() else None)
                 _say(f"fold {k}/{len(folds)}: finished earlier, kept")
             else:
                 _say(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
@@ -161,19 +166,20 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         oof_out = torch.cat([r["outputs"] for r in results])[order]
         oof_target = torch.cat([r["targets"] for r in results])[order]
         overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target).items()}
-        with atomic_write(run_dir / "oof.pt", "wb") as fh:
-            torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
-        names = list(overall)
-        rows = [[k, len(tr), len(va), *(r["metrics"][m] for m in names)]
-                for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]
-        rows.append(["all", "", n, *overall.values()])
-        write_csv_atomic(run_dir / "kfold.csv", ["fold", "train", "held_out", *names], rows)
         shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())
         _say(f"out-of-fold over all {n} items: {shown}")
-
-        submission = fuse_and_write(task, test_data, fold_dirs(run_dir), run_dir,
-                                    method=kcfg.method)
-        log.info("submission written to %s", submission)
+        submission = run_dir / task.submission_name
+        if distributed.is_main():  # the rest only writes files
+            with atomic_write(run_dir / "oof.pt", "wb") as fh:
+                torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
+            names = list(overall)
+            rows = [[k, len(tr), len(va), *(r["metrics"][m] for m in names)]
+                    for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]
+            rows.append(["all", "", n, *overall.values()])
+            write_csv_atomic(run_dir / "kfold.csv", ["fold", "train", "held_out", *names], rows)
+            submission = fuse_and_write(task, test_data, fold_dirs(run_dir), run_dir,
+                                        method=kcfg.method)
+            log.info("submission written to %s", submission)
     return {"run_dir": run_dir, "submission": submission, "oof": overall,
             "folds": [r["metrics"] for r in results]}
 
