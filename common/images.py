@@ -157,16 +157,17 @@ def load_images(files: Sequence[Path], size: int, *, resize: str = "squash",
     return cached
 
 
-def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 1024
+def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 256
                   ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation (0..255 units) of the given rows."""
+    """Per-channel mean and standard deviation (0..255 units) of the given rows, read in
+    chunks so memory stays small at any data size."""
     total = np.zeros(3, dtype=np.float64)
     total_sq = np.zeros(3, dtype=np.float64)
     count = 0
     for start in range(0, len(rows), chunk):
-        block = np.asarray(array[np.sort(rows[start:start + chunk])], dtype=np.float64)
-        total += block.sum(axis=(0, 1, 2))
-        total_sq += (block ** 2).sum(axis=(0, 1, 2))
+        block = np.asarray(array[np.sort(rows[start:start + chunk])], dtype=np.float32)
+        total += block.sum(axis=(0, 1, 2), dtype=np.float64)
+        total_sq += np.square(block).sum(axis=(0, 1, 2), dtype=np.float64)
         count += block.shape[0] * block.shape[1] * block.shape[2]
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 1e-6))

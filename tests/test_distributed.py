@@ -140,24 +140,15 @@ def test_a_failed_rank_ends_the_run_and_resume_under_torchrun_is_exact(straight,
     assert (straight / "straight" / "pred.csv").read_text() == (killed / "pred.csv").read_text()
 
 
-def test_cli_under_torchrun_makes_one_run_directory(tmp_path):
-    res = torchrun(str(ROOT / "scripts" / "run.py"), "hw1", "train", "--demo", "--dry-run",
-                   "--set", "trainer.threads=1", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    runs = list((tmp_path / "runs" / "hw1").iterdir())
-    assert len(runs) == 1 and (runs[0] / "pred.csv").is_file()
-    assert res.stdout.count("run directory:") == 1 and str(runs[0].name) in res.stdout
-
-
-def test_kfold_under_torchrun_writes_one_set_of_fold_runs(tmp_path):
+def test_cli_kfold_under_torchrun_makes_one_run_directory(tmp_path):
     res = torchrun(str(ROOT / "scripts" / "run.py"), "hw1", "kfold", "--demo", "--folds", "2",
-                   "--dry-run", "--set", "trainer.threads=1", "--out", "k", cwd=tmp_path)
+                   "--dry-run", "--set", "trainer.threads=1", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    run = tmp_path / "k"
-    assert sorted(p.name for p in run.iterdir()) == [
+    runs = list((tmp_path / "runs" / "hw1").iterdir())  # one name, chosen by rank 0
+    assert len(runs) == 1 and res.stdout.count("run directory:") == 1
+    assert sorted(p.name for p in runs[0].iterdir()) == [
         "config.toml", "fold-1", "fold-2", "folds.csv", "kfold.csv", "log.txt", "oof.pt",
         "pred.csv", "test_outputs.pt"]
     assert res.stdout.count("out-of-fold") == 1
-    kfold = pd.read_csv(run / "kfold.csv")
-    held_out = kfold["held_out"].astype(int)
+    held_out = pd.read_csv(runs[0] / "kfold.csv")["held_out"].astype(int)
     assert held_out[0] + held_out[1] == held_out[2]  # the two folds cover every row once

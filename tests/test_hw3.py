@@ -108,6 +108,10 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(demo, tmp_path, monkeypa
     first = img_cache.load_images(files, 24, cache_dir=tmp_path / "c")
     memory = img_cache.load_images(files, 24)
     assert np.array_equal(first.array, memory.array) and first.path.is_file()
+    rows = np.array([9, 1, 4, 6, 2])  # statistics read in chunks == numpy over the rows
+    mean, std = img_cache.channel_stats(first.array, rows, chunk=2)
+    pixels = first.array[rows].reshape(-1, 3).astype(np.float64)
+    assert np.allclose(mean, pixels.mean(0)) and np.allclose(std, pixels.std(0))
     calls = []
     real = img_cache.decode_image
     monkeypatch.setattr(img_cache, "decode_image",
