@@ -4,6 +4,7 @@ run continues the same order from any batch without replaying anything."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,6 +82,18 @@ class EpochBatchSampler(Sampler):
         for b in range(self.start_batch, self.num_batches()):
             chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield chunk if self.as_tensor else chunk.tolist()
+
+
+def find_data_root(data_dir, folder: str, markers: tuple[str, ...], what: str) -> Path:
+    """The folder holding any of `markers`: data_dir itself, data_dir/folder or (Kaggle's
+    nesting) data_dir/folder/folder. A zip lying there gives an 'unzip it first' hint."""
+    data_dir = Path(data_dir)
+    for cand in (data_dir, data_dir / folder, data_dir / folder / folder):
+        if any((cand / m).exists() for m in markers):
+            return cand
+    zipped = sorted(data_dir.glob("*.zip"))
+    hint = f"unzip {zipped[0]} first" if zipped else f"point --data at the unzipped {folder}/"
+    raise UserError(f"{data_dir}: no {what} here, in {folder}/ or in {folder}/{folder}/; {hint}")
 
 
 def supports_batched_indexing(dataset: Dataset) -> bool:

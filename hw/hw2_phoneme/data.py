@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.checkpoint import load_torch_file
+from common.data import find_data_root
 from common.errors import UserError
 
 N_CLASSES = 41
@@ -26,14 +27,8 @@ LABEL_FILE = "train_labels.txt"
 def find_root(data_dir: Path) -> Path:
     """The folder holding train_split.txt: data_dir itself, libriphone/ or (Kaggle)
     libriphone/libriphone/."""
-    data_dir = Path(data_dir)
-    for cand in (data_dir, data_dir / "libriphone", data_dir / "libriphone" / "libriphone"):
-        if (cand / SPLIT_FILES["train"]).is_file() or (cand / SPLIT_FILES["test"]).is_file():
-            return cand
-    zipped = sorted(data_dir.glob("*.zip"))
-    hint = f"unzip {zipped[0]} first" if zipped else "point --data at the unzipped libriphone/"
-    raise UserError(f"{data_dir}: no train_split.txt here, in libriphone/ or in "
-                    f"libriphone/libriphone/; {hint}")
+    return find_data_root(data_dir, "libriphone", tuple(SPLIT_FILES.values()),
+                          "train_split.txt")
 
 
 def read_ids(path: Path) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.data import find_data_root
 from common.errors import UserError
 from common.images import image_files, load_images
 from common.io import write_csv_atomic
@@ -23,14 +24,7 @@ CLASS_NAMES = ("Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat",
 def find_root(data_dir: Path) -> Path:
     """The folder holding training/ and test/: data_dir itself, food11/ or food11/food11/
     (Kaggle: /kaggle/input/ml2022spring-hw3b/food11)."""
-    data_dir = Path(data_dir)
-    for cand in (data_dir, data_dir / "food11", data_dir / "food11" / "food11"):
-        if (cand / "training").is_dir() or (cand / "test").is_dir():
-            return cand
-    zipped = sorted(data_dir.glob("*.zip"))
-    hint = f"unzip {zipped[0]} first" if zipped else "point --data at the unzipped food11/"
-    raise UserError(f"{data_dir}: no training/ or test/ folder here, in food11/ or in "
-                    f"food11/food11/; {hint}")
+    return find_data_root(data_dir, "food11", ("training", "test"), "training/ or test/ folder")
 
 
 def label_of(path: Path) -> int:
