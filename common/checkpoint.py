@@ -13,7 +13,8 @@ from common.errors import UserError
 from common.io import atomic_write
 
 FORMAT = "mlhw-checkpoint"
-VERSION = 1
+VERSION = 2            # 2: named optimizers and scalers, named EMA model
+READABLE = (1, 2)      # versions whose weights predict; only VERSION resumes
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -48,9 +49,12 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint written by this suite; pass one from a run "
                         "directory's checkpoints/")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE:
         raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported "
                         f"(expected {VERSION}); retrain with this version")
+    if state["version"] != VERSION and "optimizers" in required:
+        raise UserError(f"{path}: written by an older version of this suite; it can predict "
+                        "but not resume; start a new run")
     missing = [key for key in required if key not in state]
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; use checkpoints/last.pt "
@@ -59,9 +63,63 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
 
 
 def prediction_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights to predict with: the EMA weights a last.pt keeps when trainer.ema is on,
-    else "model" (best.pt and step-*.pt already hold the EMA weights as "model")."""
+    """The weights to predict with: the EMA weights a last.pt keeps when trainer.ema is on
+    (in place of the model it follows, `ema_model`, or of the whole model), else "model"
+    (best.pt and step-*.pt already hold the evaluated weights as "model")."""
     ema = state.get("ema")
     if ema is None:
         return state["model"]
-    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    name = state.get("ema_model", "")
+    if not name:
+        return averaged
+    return {**state["model"], **{f"{name}.{k}": v for k, v in averaged.items()}}
+
+
+class CheckpointManager:
+    """The checkpoints of one run: last.pt (everything needed to resume), best.pt (the
+    evaluated weights at the best monitored value) and kept step-*.pt weights, for averaging:
+    the newest `keep_last` and, as timm's CheckpointSaver keeps them, the `keep_best` best by
+    the monitored value. Only the writing process (rank 0 with a run directory) writes."""
+
+    def __init__(self, run, *, writes: bool, keep_last: int = 0, keep_best: int = 0,
+                 mode: str = "min"):
+        self.run, self.writes = run, writes
+        self.keep_last, self.keep_best, self.mode = keep_last, keep_best, mode
+        self.kept: list[tuple[int, float]] = []  # (step, monitored value) of step-*.pt
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        if self.writes:
+            save_checkpoint(self.run.last, state)
+
+    def save_best(self, state: dict[str, Any]) -> None:
+        if self.writes:
+            save_checkpoint(self.run.best, state)
+
+    def keep(self, step: int, value: float, state: dict[str, Any]) -> None:
+        """Write step-<step>.pt and delete the kept files neither newest nor best."""
+        if self.keep_last <= 0 and self.keep_best <= 0:
+            return
+        self.kept = [(s, v) for s, v in self.kept if s != step] + [(step, value)]
+        if self.writes:
+            save_checkpoint(self.run.step_checkpoint(step), state)
+        keep = {s for s, _ in self.kept[-self.keep_last:]} if self.keep_last > 0 else set()
+        ranked = sorted(((v, s) for s, v in self.kept if v == v),  # NaN never ranks
+                        reverse=self.mode == "max")
+        keep |= {s for _, s in ranked[:max(self.keep_best, 0)]}
+        for s, _ in self.kept:
+            if s not in keep and self.writes:
+                self.run.step_checkpoint(s).unlink(missing_ok=True)
+        self.kept = [(s, v) for s, v in self.kept if s in keep]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept": [[s, v] for s, v in self.kept]}
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        """Back to a last.pt of update `step`: files kept after it are written again."""
+        self.kept = [(int(s), float(v)) for s, v in state.get("kept", [])]
+        if self.writes:
+            for path in self.run.step_checkpoints():
+                if int(path.stem.split("-")[1]) > step:
+                    path.unlink()
+            self.kept = [(s, v) for s, v in self.kept if self.run.step_checkpoint(s).is_file()]

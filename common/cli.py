@@ -15,16 +15,16 @@ from pathlib import Path
 from common import distributed
 from common.config import load_config
 from common.errors import UserError
-from common.kfold import is_kfold_run, kfold_run, predict_kfold
+from common.kfold import kfold_run, predict_kfold
 from common.pipeline import (
     average_run,
     dry_run_config,
     ensemble_run,
     load_run_config,
-    new_run_dir,
     predict_run,
     train_run,
 )
+from common.rundir import RunDir
 from common.task import Task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +87,16 @@ def _add_task_parser(sub, name: str, title: str) -> None:
     en.add_argument("--out", metavar="DIR",
                     help=f"output directory (default: runs/{name}/<timestamp>-ensemble)")
     av = actions.add_parser(
-        "average", help="average a run's last N checkpoints into one model and predict",
+        "average", help="average a run's last (or best) N checkpoints into one model and predict",
         description="Average the weights of the last N checkpoints a run kept "
-        "(trainer.keep_checkpoints), save checkpoints/average-last<N>.pt and write the "
-        "submission into RUN_DIR/average-last<N>/.")
+        "(trainer.keep_checkpoints), or of the N best by its monitored metric "
+        "(trainer.keep_best_checkpoints), save checkpoints/average-last<N>.pt (or "
+        "average-best<N>.pt) and write the submission into RUN_DIR/average-last<N>/.")
     av.add_argument("run", metavar="RUN_DIR", help="a finished run directory")
-    av.add_argument("--last", type=int, required=True, metavar="N", help="how many checkpoints")
+    which = av.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="the newest N kept checkpoints")
+    which.add_argument("--best", type=int, metavar="N",
+                       help="the N kept checkpoints with the best monitored metric")
     av.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
     dd = actions.add_parser("demo-data", help="write the synthetic demo data set")
     dd.add_argument("--dest", metavar="DIR", help=f"destination (default: data/demo/{name})")
@@ -126,7 +130,7 @@ def _train(task_cls: type[Task], args) -> int:
             raise UserError("--resume continues a run with its saved config.toml and data; "
                             "pass --resume RUN_DIR alone")
         run_dir = Path(args.resume)
-        marker = run_dir / ("config.toml" if kfold else "checkpoints/last.pt")
+        marker = RunDir(run_dir).config if kfold else RunDir(run_dir).last
         if not marker.is_file():
             raise UserError(f"{run_dir}: no {marker.relative_to(run_dir)} to resume from; "
                             "start a new run")
@@ -149,7 +153,7 @@ def _train(task_cls: type[Task], args) -> int:
         name += "-kfold" if kfold else ""
         name += "-demo" if args.demo else ""
         name += "-dryrun" if args.dry_run else ""
-        run_dir = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, name)
+        run_dir = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
         run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
     say(f"run directory: {run_dir}")
     try:
@@ -195,18 +199,21 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
         if args.action in ("train", "kfold"):
             return _train(task_cls, args)
         if args.action == "predict":
-            predict = predict_kfold if is_kfold_run(args.run) else predict_run
+            predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
             path = predict(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
             say(f"submission: {path}")
             return 0
         if args.action == "ensemble":
-            out = Path(args.out) if args.out else new_run_dir("runs", task_cls.name, "ensemble")
+            out = Path(args.out) if args.out else \
+                RunDir.new("runs", task_cls.name, "ensemble").path
             path = ensemble_run(task_cls, args.members, out, method=args.method,
                                 weights=args.weights, data_dir=args.data)
             say(f"submission: {path}")
             return 0
         if args.action == "average":
-            path = average_run(task_cls, args.run, args.last, data_dir=args.data)
+            select = "best" if args.best is not None else "last"
+            path = average_run(task_cls, args.run, args.best if select == "best" else args.last,
+                               select=select, data_dir=args.data)
             say(f"submission: {path}")
             return 0
         if args.action == "demo-data":

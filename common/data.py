@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from common.errors import UserError
-from common.runtime import derive_seed, seed_worker
+from common.runtime import Salt, derive_seed, seed_worker
 
 
 def split_train_valid(n: int, valid_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +45,11 @@ class EpochBatchSampler(Sampler):
         per_rank = math.ceil(n / world)
         self.local_n = per_rank if even or world == 1 else \
             max(0, min(n, (rank + 1) * per_rank) - rank * per_rank)
+
+    @property
+    def in_order(self) -> bool:
+        """Whether the batches, joined in rank order, list the items in dataset order."""
+        return not self.shuffle
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -84,6 +89,81 @@ class EpochBatchSampler(Sampler):
             yield chunk if self.as_tensor else chunk.tolist()
 
 
+class LengthBatchSampler(Sampler):
+    """Batches of items of similar length, within a budget of padded tokens (or frames)
+    `max_tokens` = longest item x items, and/or at most `batch_size` items.
+
+    The batches are packed once from the items sorted by length (ties in a seeded order), so
+    their number never changes; each epoch only shuffles the order of the batches, a pure
+    function of (seed, epoch), and `start_batch` skips what a resumed run consumed. Under
+    torchrun, training (`even`) pads the batch list to a multiple of the world size and rank r
+    takes every world-th batch; evaluation gives rank r the r-th contiguous block of batches,
+    nothing repeated. An item longer than the budget forms a batch of its own."""
+
+    in_order = False  # the trainer puts predictions back into dataset order
+
+    def __init__(self, lengths, *, max_tokens: int = 0, batch_size: int = 0,
+                 shuffle: bool, seed: int = 0, as_tensor: bool = False, rank: int = 0,
+                 world: int = 1, even: bool = True):
+        if max_tokens < 1 and batch_size < 1:
+            raise UserError("a length-bucketed batch needs max_tokens or batch_size (>= 1)")
+        lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+        self.shuffle, self.seed, self.as_tensor = shuffle, seed, as_tensor
+        self.rank, self.world, self.even = rank, world, even
+        self.epoch, self.start_batch = 0, 0
+        ties = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)) \
+            if shuffle else torch.arange(len(lengths))
+        order = ties[torch.sort(lengths[ties], stable=True).indices]
+        self.batches = self._pack(order, lengths[order].tolist(), max_tokens, batch_size)
+
+    @staticmethod
+    def _pack(order: torch.Tensor, sizes: list[int], max_tokens: int,
+              batch_size: int) -> list[torch.Tensor]:
+        batches, start, longest = [], 0, 0
+        for i, size in enumerate(sizes):
+            longest_with = max(longest, size)
+            count = i - start + 1
+            if count > 1 and ((max_tokens and longest_with * count > max_tokens)
+                              or (batch_size and count > batch_size)):
+                batches.append(order[start:i])
+                start, longest_with = i, size
+            longest = longest_with
+        if start < len(sizes):
+            batches.append(order[start:])
+        return batches
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _mine(self) -> list[torch.Tensor]:
+        batches = self.batches
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        if self.world == 1:
+            return batches
+        per_rank = math.ceil(len(batches) / self.world)
+        if not self.even:
+            return batches[self.rank * per_rank:(self.rank + 1) * per_rank]
+        padded = (batches * math.ceil(per_rank * self.world / max(len(batches), 1)))
+        return padded[:per_rank * self.world][self.rank::self.world]
+
+    def num_batches(self) -> int:
+        n = len(self.batches)
+        if self.world == 1:
+            return n
+        per_rank = math.ceil(n / self.world)
+        return per_rank if self.even else max(0, min(n, (self.rank + 1) * per_rank)
+                                               - self.rank * per_rank)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self):
+        for chunk in self._mine()[self.start_batch:]:
+            yield chunk if self.as_tensor else chunk.tolist()
+
+
 def find_data_root(data_dir, folder: str, markers: tuple[str, ...], what: str) -> Path:
     """The folder holding any of `markers`: data_dir itself, data_dir/folder or (Kaggle's
     nesting) data_dir/folder/folder. A zip lying there gives an 'unzip it first' hint."""
@@ -101,19 +181,22 @@ def supports_batched_indexing(dataset: Dataset) -> bool:
     return isinstance(dataset, TensorDataset) or getattr(dataset, "batched_indexing", False)
 
 
-def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+def build_loader(dataset: Dataset, batch_size: int = 0, *, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0, start_batch: int = 0, drop_last: bool = False,
                  num_workers: int = 0, pin_memory: bool = False, collate_fn=None,
-                 rank: int = 0, world: int = 1, even: bool = True) -> DataLoader:
+                 rank: int = 0, world: int = 1, even: bool = True,
+                 batch_sampler: Sampler | None = None) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch); tensor datasets skip collation.
-    rank/world/even: this process's share under torchrun (see EpochBatchSampler)."""
+    rank/world/even: this process's share under torchrun (see EpochBatchSampler). A given
+    `batch_sampler` (e.g. LengthBatchSampler, built with as_tensor for batched datasets)
+    replaces the fixed-size one."""
     batched = supports_batched_indexing(dataset)
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, as_tensor=batched, rank=rank, world=world,
-                                even=even)
+    sampler = batch_sampler or EpochBatchSampler(
+        len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+        as_tensor=batched, rank=rank, world=world, even=even)
     sampler.set_epoch(epoch, start_batch)
     common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker,
-                  generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 1)),
+                  generator=torch.Generator().manual_seed(derive_seed(seed, epoch, Salt.LOADER)),
                   persistent_workers=False)
     if batched:
         return DataLoader(dataset, sampler=sampler, batch_size=None, **common)

@@ -92,3 +92,28 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         return
     for buf in module.buffers():
         dist.broadcast(buf.data, src=0)
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a model)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of `params` over ranks, in one flat buffer (a missing gradient counts
+    as zeros, so every rank sends the same layout)."""
+    if not active():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads),
+                            strict=True):
+        grad.copy_(synced)

@@ -1,8 +1,9 @@
 """Fusing predictions (ensembles, k-fold, TTA) and averaging checkpoints.
 
-Class outputs are logits (N, C); regression outputs are values of any shape. A fused
-classification output is again a logit tensor (the log of the fused probabilities), so fused
-outputs can be fused once more.
+Fusable kinds: class outputs are logits (N, C); regression outputs are values of any shape;
+span outputs are one {span: score} dict per item (question), scores being log-probabilities.
+A fused output is again of its kind (fused classes: the log of the fused probabilities), so
+fused outputs can be fused once more. Other kinds (text, token ids, images) cannot be fused.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 
 import torch
 
+from common.batches import to_cpu
 from common.checkpoint import load_torch_file
 from common.errors import UserError
 from common.io import atomic_write
 
 CLASS_METHODS = ("mean-prob", "mean-logit", "vote")
+FUSABLE = ("values", "logits", "spans")
 OUTPUTS_FILE = "test_outputs.pt"
 
 
@@ -45,25 +48,51 @@ def vote(outputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor
     return torch.where(top, prob_sum, torch.full_like(prob_sum, -1.0)).argmax(-1)
 
 
-def fuse(outputs: Sequence[torch.Tensor], *, kind: str, method: str | None = None,
-         weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+def check_fusable(kind: str, what: str = "these runs") -> None:
+    if kind not in FUSABLE:
+        raise UserError(f"{what} predict {kind}, which cannot be fused; ensembles and "
+                        f"test-time augmentation need {', '.join(FUSABLE)}")
+
+
+def fuse_spans(outputs: Sequence[list[dict]], w: torch.Tensor) -> list[dict]:
+    """Per item, the weighted mean score of every span any member proposed; a member that did
+    not propose a span counts with its lowest score for that item."""
+    if len({len(o) for o in outputs}) > 1:
+        raise UserError("members disagree on the number of items; were they trained on the "
+                        "same data?")
+    fused = []
+    for item in zip(*outputs, strict=True):
+        spans = dict.fromkeys(span for member in item for span in member)
+        floors = [min(member.values()) if member else 0.0 for member in item]
+        fused.append({span: float(sum(float(wi) * member.get(span, floor)
+                                      for wi, member, floor in zip(w, item, floors,
+                                                                   strict=True)))
+                      for span in spans})
+    return fused
+
+
+def fuse(outputs: Sequence, *, kind: str, method: str | None = None,
+         weights: Sequence[float] | torch.Tensor | None = None):
     """Fuse member outputs. kind 'logits': mean-prob (default), mean-logit or vote;
-    kind 'values' (regression): the weighted mean."""
+    kind 'values' (regression): the weighted mean; kind 'spans': the weighted mean score."""
     if not outputs:
         raise UserError("nothing to fuse: no member outputs")
+    check_fusable(kind)
+    w = weights if isinstance(weights, torch.Tensor) else normalized_weights(weights, len(outputs))
+    if kind == "spans":
+        if method not in (None, "mean"):
+            raise UserError(f"--method {method}: span scores are averaged; use mean")
+        return fuse_spans(outputs, w.double())
     shapes = {tuple(o.shape) for o in outputs}
     if len(shapes) > 1:
         raise UserError(f"members disagree on the output shape {sorted(shapes)}; were they "
                         "trained on the same data?")
-    w = weights if isinstance(weights, torch.Tensor) else normalized_weights(weights, len(outputs))
     w = w.double()
     stacked_w = w.view(-1, *([1] * outputs[0].dim()))
     if kind == "values":
         if method not in (None, "mean"):
             raise UserError(f"--method {method}: regression outputs are averaged; use mean")
         return (torch.stack([o.double() for o in outputs]) * stacked_w).sum(0).float()
-    if kind != "logits":
-        raise ValueError(f"unknown output kind {kind!r}")
     method = method or "mean-prob"
     if method in ("mean", "mean-prob"):
         probs = (torch.stack([o.double().softmax(-1) for o in outputs]) * stacked_w).sum(0)
@@ -81,10 +110,10 @@ def fuse(outputs: Sequence[torch.Tensor], *, kind: str, method: str | None = Non
 
 
 # --------------------------------------------------------------------------- saved outputs
-def save_outputs(path: Path, outputs: torch.Tensor, *, task: str, kind: str,
+def save_outputs(path: Path, outputs: Any, *, task: str, kind: str,
                  info: dict[str, Any] | None = None) -> Path:
     with atomic_write(path, "wb") as fh:
-        torch.save({"task": task, "kind": kind, "outputs": outputs.cpu(), **(info or {})}, fh)
+        torch.save({"task": task, "kind": kind, "outputs": to_cpu(outputs), **(info or {})}, fh)
     return path
 
 

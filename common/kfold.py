@@ -17,6 +17,7 @@ import torch
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from common import distributed
+from common.batches import concat, take
 from common.checkpoint import load_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
@@ -32,6 +33,7 @@ from common.pipeline import (
     predict_run,
     run_logging,
 )
+from common.rundir import RunDir
 from common.runtime import set_cpu_threads
 from common.task import Task
 from common.trainer import Callback
@@ -99,19 +101,21 @@ def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: P
              callbacks: list[Callback] = ()) -> dict:
     """Train one fold (continuing it if it has a last.pt), then write its out-of-fold outputs,
     metrics and test predictions. Its oof.pt, written last, marks the fold finished."""
-    resume = _exists(fold_dir / "checkpoints" / "last.pt")
+    fold = RunDir(fold_dir)
+    resume = _exists(fold.last)
     if not resume and distributed.is_main():
-        save_config(task.config, fold_dir / "config.toml")
+        save_config(task.config, fold.config)
     trainer = fit_split(task, train_data, train_idx, held_out, run_dir=fold_dir, resume=resume,
                         callbacks=callbacks)
-    outputs, targets = predict_outputs(task, trainer, task.labelled_dataset(train_data, held_out),
-                                       with_targets=True)
-    metrics = {k: float(v) for k, v in task.metrics(outputs, targets).items()}
+    held_out_data = task.labelled_dataset(train_data, held_out)
+    outputs, targets = predict_outputs(task, trainer, held_out_data, with_targets=True)
+    metrics = {k: float(v) for k, v in task.metrics(outputs, targets,
+                                                    dataset=held_out_data).items()}
     predict_and_write(task, trainer, test_data, fold_dir)
     result = {"index": torch.from_numpy(held_out), "outputs": outputs, "targets": targets,
               "metrics": metrics}
     if distributed.is_main():
-        with atomic_write(fold_dir / "oof.pt", "wb") as fh:
+        with atomic_write(fold.oof, "wb") as fh:
             torch.save(result, fh)
     return result
 
@@ -121,7 +125,8 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     """Train config['kfold'].folds models on all training data (train and valid merged) and
     fuse their test predictions. With resume, finished folds are kept as they are."""
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "config.toml").exists():
+    run = RunDir(run_dir)
+    if not resume and run.config.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     task = task_cls(config)
@@ -135,69 +140,60 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
                        labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
     with run_logging(run_dir):
         if not resume and distributed.is_main():
-            save_config(config, run_dir / "config.toml")
+            save_config(config, run.config)
             fold_of = np.zeros(n, dtype=np.int64)
             for k, (_, held_out) in enumerate(folds, 1):
                 fold_of[held_out] = k
-            write_csv_atomic(run_dir / "folds.csv", ("index", "fold"),
+            write_csv_atomic(run.folds, ("index", "fold"),
                              enumerate(fold_of.tolist()))
         results = []
         for k, (train_idx, held_out) in enumerate(folds, 1):
-            fold_dir = run_dir / f"fold-{k}"
-            if _exists(fold_dir / "oof.pt"):
+            fold = run.fold(k)
+            if _exists(fold.oof):
                 result = distributed.broadcast_object(load_torch_file(
-                    fold_dir / "oof.pt", missing="gone",
+                    fold.oof, missing="gone",
                     unreadable="damaged ({reason}); delete it to train this fold again")
                     if distributed.is_main() else None)
                 _say(f"fold {k}/{len(folds)}: finished earlier, kept")
             else:
                 _say(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
                      f"holding out {len(held_out)}")
-                task.config = fold_config(config, k)
-                result = run_fold(task, train_data, test_data, train_idx, held_out, fold_dir,
-                                  callbacks)
+                result = run_fold(task.for_config(fold_config(config, k)), train_data,
+                                  test_data, train_idx, held_out, fold.path, callbacks)
             shown = " ".join(f"{m} {v:.5g}" for m, v in result["metrics"].items())
             _say(f"fold {k}/{len(folds)}: out-of-fold {shown}")
             results.append(result)
-        task.config = config
 
-        index = torch.cat([r["index"] for r in results])
-        order = torch.argsort(index)
-        oof_out = torch.cat([r["outputs"] for r in results])[order]
-        oof_target = torch.cat([r["targets"] for r in results])[order]
-        overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target).items()}
+        order = torch.argsort(torch.cat([r["index"] for r in results]))
+        oof_out = take(concat([r["outputs"] for r in results]), order)
+        oof_target = take(concat([r["targets"] for r in results]), order)
+        everything = task.labelled_dataset(train_data, np.arange(n))  # oof is in index order
+        overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target,
+                                                        dataset=everything).items()}
         shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())
         _say(f"out-of-fold over all {n} items: {shown}")
         submission = run_dir / task.submission_name
         if distributed.is_main():  # the rest only writes files
-            with atomic_write(run_dir / "oof.pt", "wb") as fh:
+            with atomic_write(run.oof, "wb") as fh:
                 torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
             names = list(overall)
             rows = [[k, len(tr), len(va), *(r["metrics"][m] for m in names)]
                     for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]
             rows.append(["all", "", n, *overall.values()])
-            write_csv_atomic(run_dir / "kfold.csv", ["fold", "train", "held_out", *names], rows)
-            submission = fuse_and_write(task, test_data, fold_dirs(run_dir), run_dir,
+            write_csv_atomic(run.kfold, ["fold", "train", "held_out", *names], rows)
+            submission = fuse_and_write(task, test_data, run.fold_dirs(), run_dir,
                                         method=kcfg.method)
             log.info("submission written to %s", submission)
     return {"run_dir": run_dir, "submission": submission, "oof": overall,
             "folds": [r["metrics"] for r in results]}
 
 
-def fold_dirs(run_dir: Path) -> list[Path]:
-    return sorted(Path(run_dir).glob("fold-*/"), key=lambda p: int(p.name.split("-")[1]))
-
-
-def is_kfold_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / "folds.csv").is_file()
-
-
 def predict_kfold(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
                   data_dir: str | None = None, tta: int | None = None) -> Path:
     """Predict the test set again with every fold model (e.g. with TTA) and fuse them."""
     run_dir = Path(run_dir)
-    folds = fold_dirs(run_dir)
-    if not folds or not all((f / "oof.pt").is_file() for f in folds):
+    folds = RunDir(run_dir).fold_dirs()
+    if not folds or not all(RunDir(f).oof.is_file() for f in folds):
         raise UserError(f"{run_dir}: the k-fold run is unfinished; continue it with "
                         f"kfold --resume {run_dir}")
     for fold in folds:

@@ -1,13 +1,18 @@
-"""Optimizers by name and learning-rate schedules as pure functions of the optimizer step."""
+"""Optimizers by name over parameter groups, and learning-rate schedules as pure functions of
+the update step."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from common.errors import UserError
+
+SCHEDULES = ("constant", "step", "cosine", "linear", "inverse_sqrt")
 
 
 @dataclass
@@ -15,6 +20,9 @@ class OptimConfig:
     name: str = "adamw"            # sgd | adam | adamw
     lr: float = 1e-3
     weight_decay: float = 0.0
+    no_decay_bias_norm: bool = False  # no weight decay on biases and norm weights (1-D params)
+    layer_decay: float = 1.0       # layer-wise lr decay: layer l of L gets lr * decay^(L - l);
+                                   # needs a task that numbers its layers (Objective.layer_id)
     momentum: float = 0.9          # sgd only
     nesterov: bool = False         # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -23,15 +31,45 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = "constant"         # constant | step | cosine | inverse_sqrt
+    name: str = "constant"         # constant | step | cosine | linear | inverse_sqrt
     warmup_steps: int = 0          # linear warmup from 0; warmup_epochs adds to it
     warmup_epochs: float = 0.0
     step_epochs: float = 10.0      # step: multiply by gamma every step_epochs
     gamma: float = 0.1
-    min_lr_ratio: float = 0.0      # cosine: final lr as a fraction of optim.lr
+    min_lr_ratio: float = 0.0      # cosine and linear: final lr as a fraction of optim.lr
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig, *,
+                 layer_id: Callable[[str], int | None] | None = None,
+                 num_layers: int = 0) -> list[dict]:
+    """The trainable parameters in groups of equal weight decay and learning-rate scale.
+
+    With `no_decay_bias_norm`, 1-D parameters (biases, norm weights) get no weight decay. With
+    `layer_decay` < 1, `layer_id(name)` numbers each parameter's layer (0: embeddings ..
+    num_layers: the head; None: the head) and layer l's lr is scaled by decay^(num_layers - l);
+    the scale travels in the group as "lr_scale", which `set_lr` applies."""
+    if not 0.0 < cfg.layer_decay <= 1.0:
+        raise UserError(f"optim.layer_decay={cfg.layer_decay} must lie in (0, 1]")
+    if cfg.layer_decay < 1.0 and layer_id is None:
+        raise UserError("optim.layer_decay < 1 needs a model whose layers the task numbers; "
+                        "this task does not (set optim.layer_decay = 1)")
+    groups: dict[tuple[bool, float], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (cfg.no_decay_bias_norm and param.ndim <= 1)
+        scale = 1.0
+        if cfg.layer_decay < 1.0:
+            layer = layer_id(name)
+            scale = cfg.layer_decay ** (num_layers - (num_layers if layer is None else layer))
+        group = groups.setdefault((decay, scale), {
+            "params": [], "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """An optimizer over parameters or parameter-group dicts (a group's own keys win)."""
     name = cfg.name.lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -47,9 +85,8 @@ def lr_factor(step: int, cfg: SchedConfig, *, total_steps: int, steps_per_epoch:
     """Multiplier of the base learning rate for the update numbered `step` (0-based)."""
     warmup = cfg.warmup_steps + round(cfg.warmup_epochs * steps_per_epoch)
     name = cfg.name.lower()
-    if name not in ("constant", "step", "cosine", "inverse_sqrt"):
-        raise UserError(f"sched.name={cfg.name!r} is unknown; choose constant, step, cosine or "
-                        "inverse_sqrt")
+    if name not in SCHEDULES:
+        raise UserError(f"sched.name={cfg.name!r} is unknown; choose {', '.join(SCHEDULES)}")
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if name == "constant":
@@ -57,15 +94,16 @@ def lr_factor(step: int, cfg: SchedConfig, *, total_steps: int, steps_per_epoch:
     if name == "step":
         period = max(1, round(cfg.step_epochs * steps_per_epoch))
         return cfg.gamma ** (step // period)
-    if name == "cosine":
-        span = max(1, total_steps - warmup)
-        progress = min(1.0, (step - warmup) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if name in ("cosine", "linear"):
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
     # inverse_sqrt: 1 at the end of warmup, then decays as 1/sqrt(step)
     return math.sqrt(max(warmup, 1) / (step + 1))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    """Set every group's lr to base_lr * factor * the group's lr_scale; returns base_lr * factor."""
     lr = base_lr * factor
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,23 +14,14 @@ from common import distributed
 from common.checkpoint import load_checkpoint, prediction_weights, save_checkpoint
 from common.config import Config, config_to_dict, load_config, save_config
 from common.errors import UserError
-from common.fusion import OUTPUTS_FILE, average_state_dicts, fuse, load_outputs, save_outputs
+from common.fusion import average_state_dicts, check_fusable, fuse, load_outputs, save_outputs
 from common.mix import MixBatch
-from common.runtime import derive_seed, seed_everything, set_cpu_threads
+from common.rundir import RunDir
+from common.runtime import Salt, derive_seed, seed_everything, set_cpu_threads
 from common.task import Task
 from common.trainer import Callback, Trainer
 
 log = logging.getLogger("mlhw")
-
-
-def new_run_dir(root: str | Path, task_name: str, name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / task_name / f"{stamp}-{name}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
 
 
 @contextlib.contextmanager
@@ -40,7 +31,7 @@ def run_logging(run_dir: Path):
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler = logging.FileHandler(RunDir(run_dir).log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -82,14 +73,16 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
     predict.tta > 0 (plain view weighted by predict.tta_plain_weight). With with_targets,
     returns (outputs, targets) for a labelled dataset."""
     cfg = task.config["predict"]
-    outputs, targets, _ = trainer.outputs_and_targets(dataset, with_targets)
+    if cfg.tta > 0:
+        check_fusable(task.output_kind, f"{task.name} models")
+    outputs, targets, _ = trainer.collect(dataset, with_targets)
     if cfg.tta > 0:
         if not 0.0 <= cfg.tta_plain_weight <= 1.0:
             raise UserError(f"predict.tta_plain_weight={cfg.tta_plain_weight} must lie in [0, 1]")
         views = [outputs]
         for view in range(cfg.tta):
             with torch.random.fork_rng(devices=[]):  # leave the training RNG streams alone
-                torch.manual_seed(derive_seed(task.config["trainer"].seed, 7717, view))
+                torch.manual_seed(derive_seed(task.config["trainer"].seed, Salt.TTA, view))
                 views.append(trainer.predict(task.tta_view(dataset, view)))
         share = (1.0 - cfg.tta_plain_weight) / cfg.tta
         outputs = fuse(views, kind=task.output_kind,
@@ -97,14 +90,14 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
     return (outputs, targets) if with_targets else outputs
 
 
-def write_outputs(task: Task, test_data, outputs: torch.Tensor, out_dir: Path,
+def write_outputs(task: Task, test_data, outputs, out_dir: Path,
                   info: dict | None = None) -> Path:
     """Keep raw test outputs (for ensembling) and write the submission next to them (rank 0
     only under torchrun; every rank returns the submission's path)."""
     if not distributed.is_main():
         return out_dir / task.submission_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_outputs(out_dir / OUTPUTS_FILE, outputs, task=task.name, kind=task.output_kind,
+    save_outputs(RunDir(out_dir).outputs, outputs, task=task.name, kind=task.output_kind,
                  info={"task_state": task.state_dict(), **(info or {})})
     return task.write_submission(test_data, outputs, out_dir / task.submission_name)
 
@@ -126,7 +119,7 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
     log.info("%d train / %d valid items, device %s", len(train_ds),
              len(valid_ds) if valid_ds is not None else 0, trainer.device)
     if resume:
-        trainer.restore(run_dir / "checkpoints" / "last.pt")
+        trainer.restore(RunDir(run_dir).last)
     trainer.fit(train_ds, valid_ds)
     if task.config["predict"].ckpt != "last":
         trainer.load_best()
@@ -137,8 +130,7 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
               callbacks: list[Callback] = ()) -> dict:
     """Train, then predict the test set with the best checkpoint. Returns paths and metrics."""
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not resume and last.exists():
+    if not resume and RunDir(run_dir).last.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     task = task_cls(config)
@@ -148,7 +140,7 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
     test_data = task.load_test(data_dir)  # read before training: a bad file fails early
     with run_logging(run_dir):  # the run directory exists only once the data is valid
         if not resume and distributed.is_main():
-            save_config(config, run_dir / "config.toml")
+            save_config(config, RunDir(run_dir).config)
         trainer = fit_split(task, train_data, *task.split(train_data), run_dir=run_dir,
                             resume=resume, callbacks=callbacks)
         submission = predict_and_write(task, trainer, test_data, run_dir)
@@ -159,16 +151,10 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
 
 def load_run_config(task_cls: type[Task], run_dir: Path) -> Config:
     """The resolved config a run saved in its directory."""
-    config_path = Path(run_dir) / "config.toml"
+    config_path = RunDir(run_dir).config
     if not config_path.is_file():
         raise UserError(f"{config_path}: not found; pass a run directory")
     return load_config(task_cls.schema(), config_path)
-
-
-def resolve_checkpoint(run_dir: Path, which: str) -> Path:
-    if which in ("best", "last"):
-        return run_dir / "checkpoints" / f"{which}.pt"
-    return Path(which)
 
 
 def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
@@ -182,7 +168,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
         config["data"] = replace(config["data"], dir=str(data_dir))
     if tta is not None:
         config["predict"] = replace(config["predict"], tta=tta)
-    state = load_checkpoint(resolve_checkpoint(run_dir, ckpt or config["predict"].ckpt))
+    state = load_checkpoint(RunDir(run_dir).checkpoint(ckpt or config["predict"].ckpt))
     task = task_cls(config)
     task.load_state_dict(state.get("task", {}))
     set_cpu_threads(config["trainer"].threads)
@@ -191,7 +177,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     try:
         model.load_state_dict(prediction_weights(state))
     except RuntimeError as exc:
-        raise UserError(f"checkpoint does not fit the model of {run_dir / 'config.toml'}: "
+        raise UserError(f"checkpoint does not fit the model of {RunDir(run_dir).config}: "
                         f"{str(exc).splitlines()[0]}") from None
     trainer = _make_trainer(task, model, None)
     return predict_and_write(task, trainer, test_data, out_dir or run_dir)
@@ -202,7 +188,7 @@ def _member_config(task_cls: type[Task], member: Path) -> Config:
     belongs to: the nearest config.toml at or above it."""
     start = member if member.is_dir() else member.parent
     for folder in (start, *start.parents[:2]):
-        if (folder / "config.toml").is_file():
+        if RunDir(folder).config.is_file():
             return load_run_config(task_cls, folder)
     raise UserError(f"{member}: no config.toml in it or above it; pass a run directory")
 
@@ -210,8 +196,11 @@ def _member_config(task_cls: type[Task], member: Path) -> Config:
 def fuse_and_write(task: Task, test_data, members: list[Path], out_dir: Path, *,
                    method: str | None = None, weights: list[float] | None = None) -> Path:
     """Fuse the saved test outputs of members into out_dir's outputs and submission."""
-    saved = [load_outputs(m, task.name)["outputs"] for m in members]
-    fused = fuse(saved, kind=task.output_kind, method=method or None, weights=weights)
+    saved = [load_outputs(m, task.name) for m in members]
+    for member, out in zip(members, saved, strict=True):
+        check_fusable(out.get("kind", task.output_kind), f"{member}: runs of {task.name}")
+    fused = fuse([out["outputs"] for out in saved], kind=task.output_kind,
+                 method=method or None, weights=weights)
     info = {"members": [str(m) for m in members], "method": method or "",
             "weights": [float(w) for w in weights or []]}
     return write_outputs(task, test_data, fused, out_dir, info)
@@ -225,39 +214,52 @@ def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path,
     if len(members) < 2:
         raise UserError("ensemble needs at least two members (runs, folds or k-fold runs)")
     first = load_outputs(members[0], task_cls.name)
+    check_fusable(first.get("kind", task_cls.output_kind), f"{members[0]}: runs of {task_cls.name}")
     config = _member_config(task_cls, members[0])
     if data_dir:
         config["data"] = replace(config["data"], dir=str(data_dir))
     task = task_cls(config)
     task.load_state_dict(first.get("task_state", {}))
     test_data = task.load_test(data_dir_of(task))
-    if not (out_dir / "config.toml").exists():
-        save_config(config, out_dir / "config.toml")
+    if not RunDir(out_dir).config.exists():
+        save_config(config, RunDir(out_dir).config)
     return fuse_and_write(task, test_data, members, out_dir, method=method, weights=weights)
 
 
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
-
-
-def average_run(task_cls: type[Task], run_dir: str | Path, last: int, *,
-                data_dir: str | None = None) -> Path:
-    """Average the weights of a run's last N kept checkpoints into one model, save it as
-    checkpoints/average-last<N>.pt and predict the test set with it into average-last<N>/."""
-    run_dir = Path(run_dir)
-    kept = step_checkpoints(run_dir)
-    if last < 1:
-        raise UserError("--last must be at least 1")
-    if len(kept) < last:
-        raise UserError(f"{run_dir / 'checkpoints'}: {len(kept)} kept checkpoints, fewer than "
-                        f"--last {last}; train with --set trainer.keep_checkpoints={last}")
-    states = [load_checkpoint(p) for p in kept[-last:]]
+def average_run(task_cls: type[Task], run_dir: str | Path, count: int, *,
+                select: str = "last", data_dir: str | None = None) -> Path:
+    """Average the weights of a run's kept checkpoints, the newest `count` (select "last") or
+    the `count` best by the run's monitored metric ("best"), into one model; save it as
+    checkpoints/average-<select><count>.pt and predict the test set with it into
+    average-<select><count>/."""
+    run = RunDir(run_dir)
+    kept = run.step_checkpoints()
+    flag = f"--{select}"
+    if count < 1:
+        raise UserError(f"{flag} must be at least 1")
+    if len(kept) < count:
+        key = "keep_checkpoints" if select == "last" else "keep_best_checkpoints"
+        raise UserError(f"{run.checkpoints}: {len(kept)} kept checkpoints, fewer than "
+                        f"{flag} {count}; train with --set trainer.{key}={count}")
+    states = [load_checkpoint(p) for p in kept]
+    chosen = list(range(len(kept)))[-count:]
+    if select == "best":
+        trainer_cfg = load_run_config(task_cls, run.path)["trainer"]
+        values = [s.get("metrics", {}).get(trainer_cfg.monitor, math.nan) for s in states]
+        if any(math.isnan(v) for v in values):
+            raise UserError(f"{run.checkpoints}: kept checkpoints without a "
+                            f"{trainer_cfg.monitor}; use --last")
+        ranked = sorted(range(len(kept)), key=lambda i: values[i],
+                        reverse=trainer_cfg.mode == "max")
+        chosen = sorted(ranked[:count])
+    states = [states[i] for i in chosen]
     averaged = {**states[-1], "model": average_state_dicts([s["model"] for s in states]),
-                "averaged": [p.name for p in kept[-last:]]}
+                "averaged": [kept[i].name for i in chosen]}
     averaged.pop("format", None)
     averaged.pop("version", None)
-    path = run_dir / "checkpoints" / f"average-last{last}.pt"
+    name = f"average-{select}{count}"
+    path = run.checkpoints / f"{name}.pt"
     save_checkpoint(path, averaged)
     log.info("averaged %s into %s", ", ".join(averaged["averaged"]), path)
-    return predict_run(task_cls, run_dir, ckpt=str(path), data_dir=data_dir,
-                       out_dir=run_dir / f"average-last{last}")
+    return predict_run(task_cls, run.path, ckpt=str(path), data_dir=data_dir,
+                       out_dir=run.path / name)

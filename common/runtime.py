@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import random
 
@@ -10,6 +11,14 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+
+
+class Salt(enum.IntEnum):
+    """Named second parts of derive_seed, one per random stream, so no two streams collide."""
+
+    LOADER = 1          # a DataLoader's generator (worker seeds) for (seed, epoch)
+    RANK = 5051         # per-rank dropout and mixup under torchrun
+    TTA = 7717          # test-time augmented view k
 
 
 def seed_everything(seed: int) -> None:

@@ -14,8 +14,9 @@ from common.config import Config
 from common.data import split_train_valid
 from common.errors import UserError
 from common.mix import MixConfig, classification_loss
+from common.objective import Objective
 from common.optim import OptimConfig, SchedConfig
-from common.trainer import Objective, TrainerConfig
+from common.trainer import TrainerConfig
 
 
 @dataclass
@@ -54,11 +55,20 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
-    output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last dim)
+    output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
+                                            # dim) | spans (per item {span: score}): fusable;
+                                            # any other name (text, tokens, images) is not
     num_classes: ClassVar[int] = 0
 
     def __init__(self, config: Config):
         self.config = config
+
+    def for_config(self, config: Config) -> Task:
+        """A fresh task of the same kind under another config (a k-fold fold's), carrying
+        what this one learned from the data files (its state_dict)."""
+        task = type(self)(config)
+        task.load_state_dict(self.state_dict())
+        return task
 
     @classmethod
     def schema(cls) -> dict[str, type]:
@@ -134,5 +144,6 @@ class ClassificationTask(Task):
         smoothing = getattr(self.config["model"], "label_smoothing", 0.0)
         return classification_loss(output, batch[-1], smoothing)
 
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor,
+                dataset=None) -> dict[str, float]:
         return {"acc": (outputs.argmax(-1) == targets).float().mean().item()}

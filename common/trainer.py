@@ -1,18 +1,19 @@
-"""The Trainer: fit (train + validate + early stopping + checkpoints), evaluate and predict.
+"""The engine: Trainer.fit (train + validate + early stopping + checkpoints), evaluate, predict.
 
-Loss and metrics come from an Objective supplied by the task; extra behaviour comes from
-callbacks. Everything that decides what happens next (step, epoch, batch position, RNG, early
-stopping, history) lives in `TrainState` and in the checkpoint, so a resumed run is the same run.
+What happens to a batch comes from the task's Objective (common/objective.py): by default one
+model and optimizer, `forward` + `loss`; a task may bring several named models and optimizers
+and its own training step, which calls `backward` and `step` here, so AMP, accumulation,
+clipping, DDP and EMA stay in one place. Everything that decides what happens next (step,
+epoch, batch position, RNG, early stopping, history) lives in `TrainState` and in the
+checkpoint, so a resumed run is the same run. Files are written by the CheckpointManager
+(common/checkpoint.py) and the RunLog (common/runlog.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import logging
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from common import distributed
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.data import EpochBatchSampler, build_loader
+from common.batches import take, to_cpu, to_device
+from common.checkpoint import CheckpointManager, load_checkpoint
+from common.data import build_loader, supports_batched_indexing
 from common.errors import UserError
-from common.io import write_csv_atomic, write_text_atomic
+from common.objective import Objective, OptimizerSpec
 from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor, set_lr
+from common.rundir import RunDir
+from common.runlog import RunLog
 from common.runtime import (
+    Salt,
     amp_dtype,
     autocast,
     choose_device,
@@ -39,7 +44,8 @@ from common.runtime import (
     set_rng_state,
 )
 
-log = logging.getLogger("mlhw")
+__all__ = ["Callback", "Objective", "OptimizerSpec", "TrainState", "Trainer", "TrainerConfig",
+           "to_device"]
 
 
 @dataclass
@@ -49,6 +55,8 @@ class TrainerConfig:
     eval_batch_size: int = 0          # 0: same as batch_size
     accum_steps: int = 1              # micro-batches per update; the update equals the big batch
     clip_grad_norm: float = 0.0       # 0: no clipping
+    log_grad_norm: bool = True        # the gradient norm of every update (steps.csv, and its
+                                      # mean per evaluation in metrics.csv)
     drop_last: bool = False           # drop the last short training batch of each epoch
     eval_every_steps: int = 0         # 0: validate at the end of every epoch
     monitor: str = "valid_loss"       # metric for best.pt and early stopping
@@ -68,36 +76,17 @@ class TrainerConfig:
     ema: bool = False                 # keep an exponential moving average of the weights; it is
                                       # what gets evaluated, saved as best.pt and predicted with
     ema_decay: float = 0.999
+    ema_model: str = ""               # which named model the EMA follows ("": the whole model)
     keep_checkpoints: int = 0         # keep the weights of the last N evaluations as
                                       # checkpoints/step-*.pt (for `average`); 0: none
+    keep_best_checkpoints: int = 0    # also keep the N best by the monitored metric
     max_batches_per_epoch: int = 0    # for dry runs; 0: all
     max_eval_batches: int = 0         # for dry runs; 0: all
 
 
-class Objective:
-    """How a model meets a batch. A task overrides `loss` and usually `metrics`."""
-
-    def forward(self, model: nn.Module, batch) -> torch.Tensor:
-        return model(batch[0])
-
-    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def target(self, batch) -> torch.Tensor:
-        return batch[-1]
-
-    def batch_size(self, batch) -> int:
-        return len(batch[0])
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return {}
-
-    def predict_output(self, output: torch.Tensor) -> torch.Tensor:
-        return output
-
-
 class Callback:
-    """Hooks called by Trainer.fit; override any."""
+    """Hooks called by Trainer.fit; override any. A callback with state_dict/load_state_dict
+    is checkpointed with the run."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_step_end(self, trainer: Trainer) -> None: ...
@@ -110,7 +99,7 @@ class Callback:
 class TrainState:
     epoch: int = 0                    # epoch in progress
     batch_in_epoch: int = 0           # batches of that epoch already consumed
-    step: int = 0                     # optimizer updates so far
+    step: int = 0                     # updates (accumulation groups) so far
     best: float | None = None
     best_step: int = -1
     bad_evals: int = 0
@@ -118,28 +107,60 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, list | tuple):
-        return type(batch)(to_device(b, device, non_blocking) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
-    return batch
+class RunningMeans:
+    """Weighted means of logged values (losses, gradient norms) since the last evaluation, kept
+    as device tensors (no synchronisation per step) and checkpointed."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, key: str, value: torch.Tensor, weight=1.0) -> None:
+        entry = self.sums.setdefault(key, [torch.zeros((), dtype=torch.float64,
+                                                       device=self.device)] * 2)
+        entry[0] = entry[0] + value.detach().double() * weight
+        entry[1] = entry[1] + weight
+
+    def pop(self) -> dict[str, float]:
+        """Every mean over all processes; then start again."""
+        keys = list(self.sums)
+        flat = distributed.all_sum([float(v) for k in keys for v in self.sums[k]])
+        self.sums = {}
+        return {k: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else math.nan
+                for i, k in enumerate(keys)}
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {k: [torch.as_tensor(v).cpu() for v in s] for k, s in self.sums.items()}
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        self.sums = {k: [torch.as_tensor(v).to(self.device) for v in s]
+                     for k, s in state.items()}
+
+
+def _check(cfg: TrainerConfig) -> None:
+    if cfg.mode not in ("min", "max"):
+        raise UserError(f"trainer.mode={cfg.mode!r} must be min or max")
+    if cfg.accum_steps < 1:
+        raise UserError("trainer.accum_steps must be at least 1")
+    if cfg.ema and not 0.0 <= cfg.ema_decay <= 1.0:
+        raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
+
+
+def _suffix(name: str) -> str:
+    """Column suffix of a named optimizer: none for "main"."""
+    return "" if name == "main" else f"_{name}"
 
 
 class Trainer:
+    """`model` is one module or an nn.ModuleDict of named ones (a GAN's G and D), saved
+    together in one checkpoint."""
+
     def __init__(self, model: nn.Module, objective: Objective, cfg: TrainerConfig, *,
                  optim: OptimConfig | None = None, sched: SchedConfig | None = None,
                  run_dir: str | Path | None = None, callbacks: list[Callback] = (),
-                 extra_state: dict[str, Any] | None = None,
-                 batch_transform: Callable[[Any, int], Any] | None = None):
-        if cfg.mode not in ("min", "max"):
-            raise UserError(f"trainer.mode={cfg.mode!r} must be min or max")
-        if cfg.accum_steps < 1:
-            raise UserError("trainer.accum_steps must be at least 1")
+                 extra_state: dict[str, Any] | None = None, batch_transform=None):
+        _check(cfg)
         self.cfg, self.objective = cfg, objective
-        self.optim_cfg, self.sched_cfg = optim or OptimConfig(), sched or SchedConfig()
         self.device = choose_device(cfg.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if self.world > 1 and cfg.sync_batchnorm and self.device.type == "cuda":
@@ -149,51 +170,259 @@ class Trainer:
         self.model = model.to(self.device)
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
-        if cfg.ema and not 0.0 <= cfg.ema_decay <= 1.0:
-            raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                 use_buffers=True) if cfg.ema else None
-        # under torchrun the training forward goes through DDP (rank 0's weights broadcast now,
-        # gradients averaged); evaluation uses the plain module, sharded and gathered
+        # a task with its own training step gets plain modules; the engine then syncs the
+        # gradients of each optimizer itself (DDP cannot follow several models and steps)
+        self.manual = type(objective).training_step is not Objective.training_step
         self.train_model = self.model
         if self.world > 1:
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            seed_everything(derive_seed(cfg.seed, 5051, self.rank))  # per-rank dropout, mixup
+            if self.manual:
+                distributed.broadcast_module(self.model)
+            else:  # rank 0's weights broadcast now, gradients averaged in backward
+                self.train_model = DistributedDataParallel(
+                    self.model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            seed_everything(derive_seed(cfg.seed, Salt.RANK, self.rank))  # dropout, mixup
+        self._build_ema()
         self.batch_transform = batch_transform
-        self.optimizer = build_optimizer(
-            [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg)
+        specs = objective.configure_optimizers(self.model, optim or OptimConfig(),
+                                               sched or SchedConfig())
+        self.optimizers = {n: build_optimizer(s.params, s.optim) for n, s in specs.items()}
+        self.schedules = {n: (s.optim.lr, s.sched) for n, s in specs.items()}
+        self.lr = {n: s.optim.lr for n, s in specs.items()}
+        self._params = {n: [p for g in o.param_groups for p in g["params"]]
+                        for n, o in self.optimizers.items()}
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scalers = {n: torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16
+                        else None for n in self.optimizers}
+        followed = {id(p) for p in self.ema_target.parameters()} if self.ema else set()
+        self._ema_after = next((n for n, ps in self._params.items()
+                                if any(id(p) in followed for p in ps)), None)
+        self._micro = dict.fromkeys(self.optimizers, 0)     # micro-batches since the last step
+        self._count = dict.fromkeys(self.optimizers, 0.0)   # their summed counts
+        self._ref = dict.fromkeys(self.optimizers, 1.0)     # the first one's count
+        self._norms: dict[str, torch.Tensor] = {}           # this update's gradient norms
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = list(callbacks)
+        self.run = RunDir(run_dir) if run_dir is not None else None
+        self.writes = self.run is not None and distributed.is_main()
+        self.ckpts = CheckpointManager(self.run, writes=self.writes,
+                                       keep_last=cfg.keep_checkpoints,
+                                       keep_best=cfg.keep_best_checkpoints, mode=cfg.mode)
+        self.log = RunLog(self.run, writes=self.writes, main=distributed.is_main())
+        self.callbacks = [*objective.callbacks(), *callbacks]
         self.extra_state = extra_state or {}
         self.state = TrainState()
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._loss_count = 0
-        self.lr = self.optim_cfg.lr
+        self.means = RunningMeans(self.device)
         self.best_model_state: dict[str, torch.Tensor] | None = None
+        self.total_steps, self.steps_per_epoch = 1, 1
 
-    # ---------------------------------------------------------------- checkpoints
     @property
-    def ckpt_dir(self) -> Path | None:
-        return self.run_dir / "checkpoints" if self.run_dir else None
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The "main" optimizer (the only one on the default path)."""
+        return self.optimizers["main"]
+
+    def _build_ema(self) -> None:
+        cfg = self.cfg
+        self.ema_target, self.ema, self._eval_view = self.model, None, None
+        if not cfg.ema:
+            return
+        if cfg.ema_model:
+            if not isinstance(self.model, nn.ModuleDict) or cfg.ema_model not in self.model:
+                names = ", ".join(self.model) if isinstance(self.model, nn.ModuleDict) else ""
+                raise UserError(f"trainer.ema_model={cfg.ema_model!r} names no model of this "
+                                f"task; choose one of: {names or 'none (leave it empty)'}")
+            self.ema_target = self.model[cfg.ema_model]
+        self.ema = AveragedModel(self.ema_target, use_buffers=True,
+                                 multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        if cfg.ema_model:  # the other models evaluate as they are
+            self._eval_view = nn.ModuleDict({k: self.ema.module if k == cfg.ema_model else m
+                                             for k, m in self.model.items()})
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated, saved as best and used to predict (EMA if on)."""
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is None:
+            return self.model
+        return self._eval_view if self._eval_view is not None else self.ema.module
 
+    # ---------------------------------------------------------------- helpers for steps
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    def forward(self, batch, *, train: bool = True):
+        """(batch, output, loss) under autocast: training runs the (DDP-wrapped) model after
+        the batch transform (mixup), evaluation the evaluated model."""
+        if train and self.batch_transform is not None:
+            batch = self.batch_transform(batch, self.state.epoch)
+        with self.autocast():
+            output = self.objective.forward(self.train_model if train else self.eval_model,
+                                            batch)
+            loss = self.objective.loss(output, batch)
+        return batch, output, loss
+
+    def backward(self, loss: torch.Tensor, optimizer: str = "main", count=1) -> None:
+        """Backward `loss` (a mean over `count` units) into the gradients of `optimizer`'s
+        parameters. Micro-batches add up weighted by their counts and `step` divides by the
+        total, so an accumulated update equals the big batch, also across processes."""
+        micro = self._micro[optimizer]
+        if micro == 0:
+            self._ref[optimizer] = count if self.world == 1 else 1.0
+        weighted = loss if micro == 0 and self.world == 1 else \
+            loss * (count / self._ref[optimizer])
+        scaler = self.scalers[optimizer]
+        if scaler is not None:
+            weighted = scaler.scale(weighted)
+        if self.manual:  # only this optimizer's parameters: G's loss leaves D's gradients alone
+            weighted.backward(inputs=self._params[optimizer])
+        else:
+            weighted.backward()
+        self._micro[optimizer] = micro + 1
+        self._count[optimizer] = self._count[optimizer] + count
+
+    def _normalise(self, name: str) -> None:
+        """Turn the summed, count-weighted gradients into the mean over every unit of the
+        update, on every process."""
+        params = self._params[name]
+        if self.world == 1:
+            if self._micro[name] <= 1:
+                return
+            factor = float(self._ref[name] / self._count[name])
+        else:
+            total = distributed.all_sum([float(self._count[name])])[0]
+            if self.manual:
+                distributed.all_reduce_grads(params)  # summed; DDP has averaged already
+            factor = (1.0 if self.manual else self.world) / total
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and factor != 1.0:
+            torch._foreach_mul_(grads, factor)
+
+    def step(self, optimizer: str = "main") -> None:
+        """One update of `optimizer`: learning rate for this step, unscale (fp16), normalise,
+        clip, step, zero the gradients, and update the EMA if it follows these parameters."""
+        opt, scaler, params = self.optimizers[optimizer], self.scalers[optimizer], \
+            self._params[optimizer]
+        base_lr, sched = self.schedules[optimizer]
+        self.lr[optimizer] = set_lr(opt, base_lr, lr_factor(
+            self.state.step, sched, total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch))
+        if scaler is not None:
+            scaler.unscale_(opt)
+        self._normalise(optimizer)
+        if self.cfg.clip_grad_norm > 0:
+            self._norms[optimizer] = nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+        elif self.cfg.log_grad_norm:
+            self._norms[optimizer] = nn.utils.get_total_norm(
+                [p.grad for p in params if p.grad is not None])
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if self.ema is not None and optimizer == self._ema_after:
+            self.ema.update_parameters(self.ema_target)
+        self._micro[optimizer], self._count[optimizer] = 0, 0.0
+
+    def _no_sync(self, update: bool):
+        if self.world > 1 and not self.manual and not update:
+            return self.train_model.no_sync()
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch):
+        batch = to_device(batch, self.device, non_blocking=True)
+        if self.memory_format is not None and isinstance(batch, list | tuple) \
+                and isinstance(batch[0], torch.Tensor) and batch[0].dim() == 4:
+            batch = (batch[0].contiguous(memory_format=self.memory_format), *batch[1:])
+        return batch
+
+    # ---------------------------------------------------------------- batches
+    def sampler(self, dataset, *, train: bool):
+        cfg = self.cfg
+        return self.objective.batch_sampler(
+            dataset, train=train, batch_size=cfg.batch_size if train
+            else (cfg.eval_batch_size or cfg.batch_size), seed=cfg.seed,
+            drop_last=train and cfg.drop_last, as_tensor=supports_batched_indexing(dataset),
+            rank=self.rank, world=self.world)
+
+    def _loader(self, dataset, sampler, *, epoch: int = 0, start_batch: int = 0,
+                train: bool = False):
+        if train and hasattr(dataset, "set_epoch"):  # per-epoch augmentation seeds
+            dataset.set_epoch(epoch)
+        return build_loader(dataset, batch_sampler=sampler, seed=self.cfg.seed, epoch=epoch,
+                            start_batch=start_batch, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda",
+                            collate_fn=getattr(dataset, "collate_fn", None))
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def collect(self, dataset, with_targets: bool = True, max_batches: int = 0):
+        """(predictions, targets, mean loss) of the evaluated model over a dataset, in dataset
+        order and on the CPU. Predictions are what the task's predict/validation step returns,
+        joined and finalized by the task; targets and loss are None without with_targets (or
+        when the task reports none). Under torchrun each rank evaluates its share and every
+        rank gets the whole."""
+        model, obj = self.eval_model, self.objective
+        distributed.broadcast_buffers(model)  # one model: rank 0's BN statistics
+        model.eval()
+        sampler = self.sampler(dataset, train=False)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, preds, targets = 0.0, [], []
+        for i, batch in enumerate(self._loader(dataset, sampler)):
+            if max_batches and i >= max_batches:
+                break
+            batch = self._to_device(batch)
+            target = loss = None
+            with self.autocast():
+                if with_targets:
+                    pred, target, loss = obj.validation_step(model, batch)
+                else:
+                    pred = obj.predict_step(model, batch)
+            if loss is not None:
+                n = obj.count(batch)
+                loss_sum += loss.double() * n
+                count = count + n
+            preds.append(to_cpu(pred))
+            if target is not None:
+                targets.append(to_cpu(target))
+        index = None
+        if not getattr(sampler, "in_order", True):  # where each prediction belongs
+            sampler.set_epoch(0)
+            index = torch.cat([torch.as_tensor(b) for b in list(sampler)[:len(preds)]]
+                              or [torch.zeros(0, dtype=torch.long)])
+        parts = distributed.all_gather_objects(
+            (obj.join(preds) if preds else None, obj.join(targets) if targets else None,
+             float(loss_sum), float(count), index))
+        preds = obj.join([p[0] for p in parts if p[0] is not None])
+        targets = [p[1] for p in parts if p[1] is not None]
+        targets = obj.join(targets) if targets else None
+        if index is not None:
+            order = torch.argsort(torch.cat([p[4] for p in parts]))
+            preds, targets = take(preds, order), take(targets, order)
+        loss_total, count = sum(p[2] for p in parts), sum(p[3] for p in parts)
+        return obj.finalize(preds, dataset), targets, (loss_total / count if count else None)
+
+    def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
+        """Mean loss (weighted by the task's count) and the task's metrics over a dataset."""
+        preds, targets, loss = self.collect(dataset, True, max_batches)
+        metrics = self.objective.metrics(preds, targets, dataset=dataset)
+        return {**({"loss": loss} if loss is not None else {}),
+                **{k: float(v) for k, v in metrics.items()}}
+
+    def predict(self, dataset):
+        """The task's predictions for every item, in dataset order, on the CPU."""
+        return self.collect(dataset, False)[0]
+
+    # ---------------------------------------------------------------- checkpoints
     def full_state(self) -> dict[str, Any]:
         return {
             **self.extra_state,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": self.state.step},
-            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema_model": self.cfg.ema_model,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "scalers": {n: s.state_dict() if s else None for n, s in self.scalers.items()},
             "trainer": asdict(self.state),
-            "train_loss": {"sum": self._loss_sum.cpu(), "count": self._loss_count},
+            "running": self.means.state_dict(),
+            "checkpoints": self.ckpts.state_dict(),
             "rng": get_rng_state(),
             "rng_ranks": distributed.all_gather_objects(get_rng_state()) if self.world > 1
             else None,
@@ -201,66 +430,58 @@ class Trainer:
                           for cb in self.callbacks],
         }
 
-    def load_best(self) -> None:
-        """Put the best weights (from best.pt or from memory) into the evaluated model. Under
-        torchrun rank 0 reads the file and sends it to the others."""
-        if self.ckpt_dir:
-            state = distributed.broadcast_object(
-                load_checkpoint(self.ckpt_dir / "best.pt")["model"] if distributed.is_main()
-                else None)
-            self.eval_model.load_state_dict(state)
-        elif self.best_model_state is not None:
-            self.eval_model.load_state_dict(self.best_model_state)
-
-    @property
-    def writes(self) -> bool:
-        """Whether this process writes files: a run directory and rank 0."""
-        return self.ckpt_dir is not None and distributed.is_main()
-
-    def save_last(self) -> None:
-        if self.ckpt_dir:
-            state = self.full_state()  # every rank: the RNG states are gathered
-            if self.writes:
-                save_checkpoint(self.ckpt_dir / "last.pt", state)
-
-    def save_best(self, metrics: dict[str, float]) -> None:
-        """Write best.pt, or keep the best weights in memory when there is no run directory."""
-        if not self.ckpt_dir:
-            self.best_model_state = {k: v.detach().clone()
-                                     for k, v in self.eval_model.state_dict().items()}
-        elif self.writes:
-            save_checkpoint(self.ckpt_dir / "best.pt", self._weights_state(metrics))
-
     def _weights_state(self, metrics: dict[str, float]) -> dict[str, Any]:
         return {**self.extra_state, "model": self.eval_model.state_dict(), "metrics": metrics,
                 "trainer": {"epoch": self.state.epoch, "step": self.state.step}}
 
-    def _keep_checkpoint(self, metrics: dict[str, float]) -> None:
-        """Write the evaluated weights as step-<step>.pt and delete all but the newest N."""
-        if not self.writes or self.cfg.keep_checkpoints <= 0:
-            return
-        save_checkpoint(self.ckpt_dir / f"step-{self.state.step:09d}.pt",
-                        self._weights_state(metrics))
-        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.cfg.keep_checkpoints]:
-            old.unlink()
+    def save_last(self) -> None:
+        if self.run is not None:
+            state = self.full_state()  # every rank: the RNG states are gathered
+            if self.writes:
+                self.log.flush_steps()
+            self.ckpts.save_last(state)
+
+    def save_best(self, metrics: dict[str, float]) -> None:
+        """Write best.pt, or keep the best weights in memory when there is no run directory."""
+        if self.run is None:
+            self.best_model_state = {k: v.detach().clone()
+                                     for k, v in self.eval_model.state_dict().items()}
+        else:
+            self.ckpts.save_best(self._weights_state(metrics))
+
+    def load_best(self) -> None:
+        """Put the best weights (from best.pt or from memory) into the evaluated model. Under
+        torchrun rank 0 reads the file and sends it to the others."""
+        if self.run is not None:
+            state = distributed.broadcast_object(
+                load_checkpoint(self.run.best)["model"] if distributed.is_main() else None)
+            self.eval_model.load_state_dict(state)
+        elif self.best_model_state is not None:
+            self.eval_model.load_state_dict(self.best_model_state)
 
     def restore(self, path: str | Path) -> None:
         """Continue exactly from a last.pt written by `save_last` (under torchrun rank 0 reads
         it and sends it to the others; each rank takes back its own RNG state)."""
         ckpt = distributed.broadcast_object(
-            load_checkpoint(path, required=("model", "optimizer", "trainer", "rng"))
+            load_checkpoint(path, required=("model", "optimizers", "trainer", "rng"))
             if distributed.is_main() else None)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None:
-            if ckpt.get("ema") is None:
-                raise UserError(f"{path}: was written without trainer.ema; resume without it")
+            if ckpt.get("ema") is None or ckpt.get("ema_model", "") != self.cfg.ema_model:
+                raise UserError(f"{path}: was written without this trainer.ema setting; "
+                                "resume with the run's own config")
             self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+        if set(ckpt["optimizers"]) != set(self.optimizers):
+            raise UserError(f"{path}: holds optimizers {', '.join(ckpt['optimizers'])}, this "
+                            f"task has {', '.join(self.optimizers)}; resume with its own task")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+            saved = ckpt.get("scalers", {}).get(name)
+            if self.scalers[name] is not None and saved:
+                self.scalers[name].load_state_dict(saved)
         self.state = TrainState(**ckpt["trainer"])
-        self._loss_sum = ckpt["train_loss"]["sum"].to(self.device)
-        self._loss_count = ckpt["train_loss"]["count"]
+        self.means.load_state_dict(ckpt.get("running", {}))
+        self.ckpts.load_state_dict(ckpt.get("checkpoints", {}), self.state.step)
         for cb, cb_state in zip(self.callbacks, ckpt.get("callbacks", []), strict=False):
             if cb_state is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(cb_state)
@@ -269,101 +490,10 @@ class Trainer:
             raise UserError(f"{path}: was written by {len(ranks) if ranks else 1} process(es); "
                             f"resume it with as many, not {self.world}")
         set_rng_state(ranks[self.rank] if self.world > 1 else ckpt["rng"])
-        if self.writes:
-            self._rewrite_metrics_csv()
-
-    # ---------------------------------------------------------------- logging
-    def _write(self, message: str, console: bool) -> None:
-        if not distributed.is_main():
-            return
-        log.info(message)
-        if console:
-            tqdm.write(message, file=sys.stderr)
-
-    def _metrics_path(self) -> Path | None:
-        return self.run_dir / "metrics.csv" if self.writes else None
-
-    def _rewrite_metrics_csv(self) -> None:
-        history = self.state.history
-        if not history:
-            write_text_atomic(self._metrics_path(), "")
-            return
-        fields = list(history[0])
-        write_csv_atomic(self._metrics_path(), fields,
-                         ([row.get(k, "") for k in fields] for row in history))
-
-    def _append_metrics(self, row: dict[str, float]) -> None:
-        path = self._metrics_path()
-        if path is None:
-            return
-        if len(self.state.history) == 1 or not path.exists():
-            self._rewrite_metrics_csv()
-            return
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=list(self.state.history[0])).writerow(row)
-
-    # ---------------------------------------------------------------- evaluation
-    def _loader(self, dataset, *, train: bool, epoch: int = 0, start_batch: int = 0):
-        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size
-                                                         or self.cfg.batch_size)
-        if train and hasattr(dataset, "set_epoch"):  # per-epoch augmentation seeds
-            dataset.set_epoch(epoch)
-        return build_loader(dataset, batch_size, shuffle=train, seed=self.cfg.seed, epoch=epoch,
-                            start_batch=start_batch, drop_last=train and self.cfg.drop_last,
-                            num_workers=self.cfg.num_workers,
-                            pin_memory=self.device.type == "cuda",
-                            collate_fn=getattr(dataset, "collate_fn", None),
-                            rank=self.rank, world=self.world, even=train)
-
-    def _forward(self, batch, with_loss: bool, train: bool = False):
-        """Move a batch to the device; the model's output and, if asked, the loss (under AMP).
-        Training runs the raw model after the batch transform (mixup), evaluation the EMA."""
-        batch = to_device(batch, self.device, non_blocking=True)
-        if self.memory_format is not None and batch[0].dim() == 4:
-            batch = (batch[0].contiguous(memory_format=self.memory_format), *batch[1:])
-        if train and self.batch_transform is not None:
-            batch = self.batch_transform(batch, self.state.epoch)
-        with autocast(self.device, self.amp_dtype):
-            output = self.objective.forward(self.train_model if train else self.eval_model, batch)
-            loss = self.objective.loss(output, batch) if with_loss else None
-        return batch, output, loss
-
-    @torch.no_grad()
-    def outputs_and_targets(self, dataset, with_loss: bool = True, max_batches: int = 0):
-        """Outputs of the evaluated model over a dataset in order and, if with_loss, the
-        targets and the mean loss. Tensors are returned on the CPU. Under torchrun each rank
-        evaluates its contiguous share and every rank gets the whole, in dataset order."""
-        distributed.broadcast_buffers(self.eval_model)  # one model: rank 0's BN statistics
-        self.eval_model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        count, outputs, targets = 0, [], []
-        for i, batch in enumerate(self._loader(dataset, train=False)):
-            if max_batches and i >= max_batches:
-                break
-            batch, output, loss = self._forward(batch, with_loss)
-            if with_loss:
-                n = self.objective.batch_size(batch)
-                loss_sum += loss.double() * n
-                count += n
-                targets.append(self.objective.target(batch).detach().cpu())
-            outputs.append(self.objective.predict_output(output).float().cpu())
-        parts = distributed.all_gather_objects(
-            (torch.cat(outputs) if outputs else None, torch.cat(targets) if targets else None,
-             loss_sum.item(), count))
-        outputs = torch.cat([p[0] for p in parts if p[0] is not None])
-        targets = [p[1] for p in parts if p[1] is not None]
-        loss_total, count = sum(p[2] for p in parts), sum(p[3] for p in parts)
-        return outputs, torch.cat(targets) if targets else None, loss_total / max(count, 1)
-
-    def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
-        """Mean loss (weighted by batch size) and the objective's metrics over the dataset."""
-        outputs, targets, loss = self.outputs_and_targets(dataset, True, max_batches)
-        metrics = self.objective.metrics(outputs, targets)
-        return {"loss": loss, **{k: float(v) for k, v in metrics.items()}}
-
-    def predict(self, dataset) -> torch.Tensor:
-        """The objective's outputs for every item, in dataset order, on the CPU."""
-        return self.outputs_and_targets(dataset, False)[0]
+        self.log.rewrite_metrics(self.state.history)
+        self.log.truncate_steps(self.state.step)
+        self.log.say(f"resumed from update {self.state.step}, epoch {self.state.epoch}"
+                     f" (batch {self.state.batch_in_epoch} of the next)")
 
     # ---------------------------------------------------------------- training
     def _improved(self, value: float) -> bool:
@@ -376,58 +506,46 @@ class Trainer:
 
     def _validate(self, valid_dataset) -> dict[str, float]:
         """Log a metrics row; with a validation set also track the best and early stopping."""
+        cfg, st = self.cfg, self.state
         metrics = {} if valid_dataset is None else {
-            f"valid_{k}": v for k, v in
-            self.evaluate(valid_dataset, self.cfg.max_eval_batches).items()}
-        loss_sum, loss_count = distributed.all_sum([self._loss_sum.item(), self._loss_count])
-        train_loss = loss_sum / loss_count if loss_count else math.nan
-        self._loss_sum.zero_()
-        self._loss_count = 0
-        row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr,
-               "train_loss": train_loss, **metrics}
-        if valid_dataset is not None and self.cfg.monitor not in row:
-            raise UserError(f"trainer.monitor={self.cfg.monitor!r} is not a logged metric; "
+            f"valid_{k}": v for k, v in self.evaluate(valid_dataset, cfg.max_eval_batches).items()}
+        row = {"epoch": st.epoch, "step": st.step,
+               **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()},
+               **self.means.pop(), **metrics}
+        if valid_dataset is not None and cfg.monitor not in row:
+            raise UserError(f"trainer.monitor={cfg.monitor!r} is not a logged metric; "
                             f"choose one of {', '.join(k for k in row if k.startswith('valid_'))}")
-        self.state.history.append(row)
-        self._append_metrics(row)
-        value = row.get(self.cfg.monitor, math.nan)
+        st.history.append(row)
+        self.log.append_metrics(st.history)
+        self.log.flush_steps()
+        value = row.get(cfg.monitor, math.nan)
         improved = valid_dataset is not None and self._improved(value)
-        self._keep_checkpoint(row)
+        if cfg.keep_checkpoints > 0 or cfg.keep_best_checkpoints > 0:
+            self.ckpts.keep(st.step, value, self._weights_state(row))
         if improved:
-            self.state.best, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
+            st.best, st.best_step, st.bad_evals = value, st.step, 0
             self.save_best(row)
         elif valid_dataset is not None:
-            self.state.bad_evals += 1
-            if self.cfg.patience and self.state.bad_evals >= self.cfg.patience:
-                self.state.stopped = True
-        n_evals = len(self.state.history)
+            st.bad_evals += 1
+            if cfg.patience and st.bad_evals >= cfg.patience:
+                st.stopped = True
         text = " ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items())
-        self._write(text + (" *" if improved else ""),
-                    console=n_evals % max(1, self.cfg.print_every_evals) == 0
-                    or self.state.stopped)
+        self.log.say(text + (" *" if improved else ""),
+                     console=len(st.history) % max(1, cfg.print_every_evals) == 0 or st.stopped)
         for cb in self.callbacks:
             cb.on_evaluate(self, row)
         return row
 
-    def _group_counts(self, sizes: list[int]) -> list[int]:
-        """Samples in the accumulation group of each batch, for exact big-batch equivalence."""
-        a = self.cfg.accum_steps
-        return [sum(sizes[(b // a) * a:(b // a + 1) * a]) for b in range(len(sizes))]
-
-    def _backward(self, batch, group_count: int, sync: bool = True) -> torch.Tensor:
-        """Forward and backward one micro-batch, weighted by its share of the update's samples.
-        Under torchrun only the last micro-batch of an update (sync) averages gradients."""
-        quiet = self.train_model.no_sync() if self.world > 1 and not sync \
-            else contextlib.nullcontext()
-        with quiet:
-            batch, _, loss = self._forward(batch, True, train=True)
-            n = self.objective.batch_size(batch)
-            scaled = loss * (n / group_count)
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self._loss_sum += loss.detach().double() * n
-        self._loss_count += n
-        return loss
+    def _record_update(self, losses: dict[str, torch.Tensor]) -> None:
+        """The update's row for steps.csv and the running means for metrics.csv."""
+        row = {"step": self.state.step, "epoch": self.state.epoch,
+               **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()}, **losses}
+        for name, norm in self._norms.items():
+            row[f"grad_norm{_suffix(name)}"] = norm
+            self.means.add(f"grad_norm{_suffix(name)}", norm)
+        self._norms = {}
+        self.log.add_step(row)
 
     def _show_progress(self, bar: tqdm, loss: torch.Tensor) -> None:
         shown = {"epoch": self.state.epoch, "loss": f"{loss.item():.4g}"}
@@ -436,57 +554,48 @@ class Trainer:
             shown[self.cfg.monitor] = f"{last[self.cfg.monitor]:.4g}"
         bar.set_postfix(shown, refresh=False)
 
-    def _optimizer_step(self) -> None:
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.cfg.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        self.state.step += 1
-
     def fit(self, train_dataset, valid_dataset=None) -> TrainState:
-        cfg, st = self.cfg, self.state
-        sizes = EpochBatchSampler(len(train_dataset), cfg.batch_size, shuffle=False,
-                                  drop_last=cfg.drop_last, rank=self.rank,
-                                  world=self.world).batch_sizes()
+        cfg, st, obj = self.cfg, self.state, self.objective
+        sampler = self.sampler(train_dataset, train=True)
+        n_batches = sampler.num_batches()
         if cfg.max_batches_per_epoch:
-            sizes = sizes[:cfg.max_batches_per_epoch]
-        if not sizes:
+            n_batches = min(n_batches, cfg.max_batches_per_epoch)
+        if n_batches < 1:
             raise UserError("the training set is empty or smaller than one batch")
-        group_counts = self._group_counts(sizes)
-        steps_per_epoch = math.ceil(len(sizes) / cfg.accum_steps)
-        total_steps = steps_per_epoch * cfg.epochs
+        self.steps_per_epoch = math.ceil(n_batches / cfg.accum_steps)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        bar = tqdm(total=total_steps, initial=st.step, desc="train", dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True,
                    disable=None if distributed.is_main() else True, file=sys.stderr)
+        group: dict[str, torch.Tensor] = {}
+        group_count = 0.0
         while st.epoch < cfg.epochs and not st.stopped:
             self.model.train()
-            loader = self._loader(train_dataset, train=True, epoch=st.epoch,
-                                  start_batch=st.batch_in_epoch)
-            for batch in loader:
+            for batch in self._loader(train_dataset, sampler, epoch=st.epoch,
+                                      start_batch=st.batch_in_epoch, train=True):
                 b = st.batch_in_epoch
-                if b >= len(sizes):
+                if b >= n_batches:
                     break
-                self.lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(
-                    st.step, self.sched_cfg, total_steps=total_steps,
-                    steps_per_epoch=steps_per_epoch))
-                update = (b + 1) % cfg.accum_steps == 0 or b + 1 == len(sizes)
-                loss = self._backward(batch, group_counts[b], sync=update)
+                update = (b + 1) % cfg.accum_steps == 0 or b + 1 == n_batches
+                batch = self._to_device(batch)
+                with self._no_sync(update):
+                    out = obj.training_step(self, batch, update=update)
+                losses = out if isinstance(out, dict) else {"loss": out}
+                n = obj.count(batch)
+                for key, value in losses.items():
+                    self.means.add(f"train_{key}", value, n)
+                    group[key] = group.get(key, 0.0) + value.detach().double() * n
+                group_count = group_count + n
                 st.batch_in_epoch += 1
                 if not update:
                     continue
-                self._optimizer_step()
+                st.step += 1
+                self._record_update({k: v / group_count for k, v in group.items()})
+                group, group_count = {}, 0.0
                 bar.update(1)
                 if st.step % 10 == 0:
-                    self._show_progress(bar, loss)
+                    self._show_progress(bar, next(iter(losses.values())))
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if cfg.eval_every_steps and st.step % cfg.eval_every_steps == 0:
@@ -512,9 +621,7 @@ class Trainer:
         if valid_dataset is None:  # nothing to choose from: the final weights are the best
             self.save_best({"epoch": st.epoch, "step": st.step})
         self.save_last()
-        if self.writes and st.history:
-            from common.plots import plot_curves
-            plot_curves(st.history, self.run_dir / "curves.png", monitor=cfg.monitor)
+        self.log.plot(st.history, cfg.monitor)
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return st

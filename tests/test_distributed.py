@@ -87,7 +87,8 @@ def test_ranks_hold_identical_weights_and_rank_0_alone_writes(straight):
     run = straight / "straight"
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     assert files == ["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.toml",
-                     "curves.png", "log.txt", "metrics.csv", "pred.csv", "test_outputs.pt"]
+                     "curves.png", "log.txt", "metrics.csv", "pred.csv", "steps.csv",
+                     "test_outputs.pt"]
     assert not list(run.rglob("*.tmp*"))
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3]  # one row per evaluation, written once
@@ -97,6 +98,8 @@ def test_ranks_hold_identical_weights_and_rank_0_alone_writes(straight):
     n_train = len(task.split(task.load_train(Path(config["data"].dir)))[0])
     per_epoch = math.ceil(math.ceil(math.ceil(n_train / 2) / 32) / 2)
     assert list(metrics["step"]) == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    steps = pd.read_csv(run / "steps.csv")  # one row per update, written by rank 0 alone
+    assert list(steps["step"]) == list(range(1, 3 * per_epoch + 1))
 
 
 def test_validation_metric_and_predictions_equal_a_single_process(straight):

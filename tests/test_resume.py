@@ -34,17 +34,21 @@ class Kill(Callback):
             os._exit(17)  # no cleanup, no final checkpoint
 
 config = load_config(TaskClass.schema(), {config!r}, {overrides!r})
-{runner}(TaskClass, config, {run!r}, callbacks=[Kill()])
+{runner}(TaskClass, config, {run!r}, callbacks=[Kill()], resume={resume})
 """
 
 
-def run_and_kill(task: str, config: str, overrides: list[str], run, kill: int, *,
-                 runner: str = "train_run") -> subprocess.CompletedProcess:
+def run_and_kill(task: str, config: str | None, overrides: list[str], run, kill: int, *,
+                 runner: str = "train_run", resume: bool = False
+                 ) -> subprocess.CompletedProcess:
     """Run in a child process that dies without cleanup after update `kill` (in the run
-    directory named 'killed', or a k-fold run's fold-2)."""
+    directory named 'killed', or a k-fold run's fold-2); kill=-1: never. With resume, the
+    child continues `run` from its last.pt under its saved config."""
     module, cls = task.split(":")
+    if resume:
+        config, overrides = str(run / "config.toml"), []
     child = CHILD.format(module=module, task=cls, root=str(ROOT), kill=kill, config=config,
-                         overrides=overrides, run=str(run), runner=runner)
+                         overrides=overrides, run=str(run), runner=runner, resume=resume)
     return subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
 
 
@@ -71,11 +75,13 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
     assert a["trainer"]["step"] == b["trainer"]["step"] == 68
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    for key, value in a["optimizer"]["state"].items():
-        assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    for key, value in a["optimizers"]["main"]["state"].items():
+        assert torch.equal(value["exp_avg"], b["optimizers"]["main"]["state"][key]["exp_avg"])
     for key, value in a["ema"].items():
         assert torch.equal(value, b["ema"][key]), key
-    assert (straight / "metrics.csv").read_text() == (killed / "metrics.csv").read_text()
+    for name in ("metrics.csv", "steps.csv"):
+        assert (straight / name).read_text() == (killed / name).read_text(), name
+    assert "resumed from update 40, epoch 2" in resumed.stderr
     assert (straight / "pred.csv").read_text() == (killed / "pred.csv").read_text()
 
 

@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.data import EpochBatchSampler, build_loader, split_train_valid
+from common.data import EpochBatchSampler, LengthBatchSampler, build_loader, split_train_valid
 from common.errors import UserError
-from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor
+from common.optim import (
+    OptimConfig,
+    SchedConfig,
+    build_optimizer,
+    lr_factor,
+    param_groups,
+    set_lr,
+)
 from common.runtime import amp_dtype, choose_device, get_rng_state, seed_everything, set_rng_state
 
 
@@ -84,6 +91,9 @@ def test_schedules_are_pure_functions_of_the_step():
         pytest.approx(0.6)
     assert math.isclose(lr_factor(50, SchedConfig(name="cosine", min_lr_ratio=0.2), **kw),
                         0.6)
+    linear = SchedConfig(name="linear", warmup_steps=10, min_lr_ratio=0.1)
+    assert [lr_factor(s, linear, **kw) for s in (4, 10, 55, 100, 150)] == pytest.approx(
+        [0.5, 1.0, 0.55, 0.1, 0.1])
     with pytest.raises(UserError):
         lr_factor(0, SchedConfig(name="wiggly"), **kw)
 
@@ -125,3 +135,53 @@ def test_rank_shares_cover_the_data_like_distributed_sampler():
     assert [s.local_n for s in evals] == [8, 8, 7]
     tiny = [EpochBatchSampler(1, 3, shuffle=False, rank=r, world=2, even=False) for r in (0, 1)]
     assert [len(s) for s in tiny] == [1, 0]
+
+
+def test_parameter_groups_decay_and_layer_scales():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
+                                torch.nn.Linear(4, 2))
+    plain = param_groups(model, OptimConfig(weight_decay=0.1))
+    assert len(plain) == 1 and len(plain[0]["params"]) == 6
+    groups = param_groups(model, OptimConfig(weight_decay=0.1, no_decay_bias_norm=True))
+    by_decay = {g["weight_decay"]: g["params"] for g in groups}
+    assert {id(p) for p in by_decay[0.1]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(by_decay[0.0]) == 4  # two biases, LayerNorm weight and bias
+    layers = {"0": 0, "1": 1, "2": None}  # None: the head, full learning rate
+    groups = param_groups(model, OptimConfig(layer_decay=0.5),
+                          layer_id=lambda name: layers[name.split(".")[0]], num_layers=2)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(model[0].weight)] == 0.25 and scale_of[id(model[1].weight)] == 0.5
+    assert scale_of[id(model[2].bias)] == 1.0
+    opt = build_optimizer(groups, OptimConfig(name="sgd", lr=0.2))
+    assert set_lr(opt, 0.2, 0.5) == 0.1
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.025, 0.05, 0.1])
+    with pytest.raises(UserError, match="numbers"):
+        param_groups(model, OptimConfig(layer_decay=0.5))
+
+
+def test_length_batches_respect_the_budget_and_resume_mid_epoch():
+    lengths = np.random.default_rng(0).integers(1, 50, 300)
+    sampler = LengthBatchSampler(lengths, max_tokens=200, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert all(len(b) * lengths[b].max() <= 200 for b in batches)
+    assert all(lengths[b].max() - lengths[b].min() <= 5 for b in batches)  # buckets
+    sampler.set_epoch(1, start_batch=5)
+    assert list(sampler) == batches[5:]
+    sampler.set_epoch(2)
+    other = list(sampler)
+    assert other != batches and sorted(map(tuple, other)) == sorted(map(tuple, batches))
+    capped = LengthBatchSampler(lengths, batch_size=7, shuffle=False)
+    assert max(len(b) for b in capped) == 7
+    # torchrun: equal counts when training, contiguous blocks covering everything in eval
+    shares = [LengthBatchSampler(lengths, max_tokens=200, shuffle=True, seed=3, rank=r,
+                                 world=3) for r in range(3)]
+    assert len({s.num_batches() for s in shares}) == 1
+    assert set().union(*[set(i for b in s for i in b) for s in shares]) == set(range(300))
+    evals = [LengthBatchSampler(lengths, max_tokens=200, shuffle=False, rank=r, world=3,
+                                even=False) for r in range(3)]
+    joined = [i for s in evals for b in s for i in b]
+    assert sorted(joined) == list(range(300))
+    with pytest.raises(UserError):
+        LengthBatchSampler(lengths, shuffle=True)

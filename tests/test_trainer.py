@@ -17,7 +17,7 @@ class Regression(Objective):
     def loss(self, output, batch):
         return nn.functional.mse_loss(output, batch[1])
 
-    def metrics(self, outputs, targets):
+    def metrics(self, outputs, targets, dataset=None):
         return {"mse": torch.mean((outputs - targets) ** 2).item()}
 
 
@@ -50,8 +50,20 @@ def test_learns_and_writes_run_files(tmp_path):
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len(rows) == 30 and list(rows[0]) == ["epoch", "step", "lr", "train_loss",
-                                                  "valid_loss", "valid_mse"]
+                                                  "grad_norm", "valid_loss", "valid_mse"]
     assert float(rows[-1]["valid_mse"]) == pytest.approx(state.history[-1]["valid_mse"])
+    # steps.csv: every update's loss, lr and gradient norm; metrics.csv has their epoch means
+    steps = list(csv.DictReader(open(tmp_path / "steps.csv")))
+    assert [int(r["step"]) for r in steps] == list(range(1, 301))
+    assert list(steps[0]) == ["step", "epoch", "lr", "loss", "grad_norm"]
+    assert float(steps[0]["lr"]) == pytest.approx(1e-2 / 5)  # warmup: update 1 of 5
+    for epoch in (0, 29):
+        part = steps[10 * epoch:10 * epoch + 10]
+        assert float(rows[epoch]["grad_norm"]) == pytest.approx(
+            sum(float(r["grad_norm"]) for r in part) / 10, rel=1e-9)
+        assert float(rows[epoch]["train_loss"]) == pytest.approx(
+            sum(float(r["loss"]) for r in part[:-1]) * 32 / 300
+            + float(part[-1]["loss"]) * 12 / 300, rel=1e-9)
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 

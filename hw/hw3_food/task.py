@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from common.data import split_train_valid
 from common.errors import UserError
 from common.images import ImageDataset, channel_stats
-from common.runtime import derive_seed
+from common.runtime import Salt, derive_seed
 from common.submission import write_submission
 from common.task import ClassificationTask, DataConfig
 from hw.hw3_food import data as food
@@ -235,7 +235,7 @@ class FoodTask(ClassificationTask):
         return v2.Compose([Image.fromarray, crop, v2.RandomHorizontalFlip(), v2.PILToTensor()])
 
     def tta_view(self, dataset: ImageDataset, view: int) -> ImageDataset:
-        seed = derive_seed(self.config["trainer"].seed, 7717, view)
+        seed = derive_seed(self.config["trainer"].seed, Salt.TTA, view)
         return dataset.with_transform(self.tta_transform(), seed)
 
     # --- model and objective --------------------------------------------------------------

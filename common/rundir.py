@@ -1,0 +1,66 @@
+"""The layout of a run directory, known in one place.
+
+    config.toml  metrics.csv  steps.csv  curves.png  log.txt  test_outputs.pt  <submission>
+    checkpoints/last.pt  best.pt  step-<step>.pt  average-*.pt
+    k-fold runs add: folds.csv  kfold.csv  oof.pt  fold-<k>/ (each a run directory)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def new(cls, root: str | Path, task_name: str, name: str) -> RunDir:
+        """runs/<task>/<timestamp>-<name>, with -2, -3, ... if that exists already."""
+        base = Path(root) / task_name / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        return cls(path)
+
+    # files of every run
+    config = property(lambda self: self.path / "config.toml")
+    metrics = property(lambda self: self.path / "metrics.csv")
+    steps = property(lambda self: self.path / "steps.csv")
+    curves = property(lambda self: self.path / "curves.png")
+    log = property(lambda self: self.path / "log.txt")
+    outputs = property(lambda self: self.path / "test_outputs.pt")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last = property(lambda self: self.path / "checkpoints" / "last.pt")
+    best = property(lambda self: self.path / "checkpoints" / "best.pt")
+    # files of k-fold runs
+    folds = property(lambda self: self.path / "folds.csv")
+    kfold = property(lambda self: self.path / "kfold.csv")
+    oof = property(lambda self: self.path / "oof.pt")
+
+    def checkpoint(self, which: str) -> Path:
+        """best | last | a path."""
+        return self.checkpoints / f"{which}.pt" if which in ("best", "last") else Path(which)
+
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:09d}.pt"
+
+    def step_checkpoints(self) -> list[Path]:
+        return sorted(self.checkpoints.glob("step-*.pt"))
+
+    def fold(self, k: int) -> RunDir:
+        return RunDir(self.path / f"fold-{k}")
+
+    def fold_dirs(self) -> list[Path]:
+        return sorted(self.path.glob("fold-*/"), key=lambda p: int(p.name.split("-")[1]))
+
+    def is_kfold(self) -> bool:
+        return self.folds.is_file()
