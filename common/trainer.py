@@ -115,10 +115,11 @@ class RunningMeans:
         self.device = device
         self.sums: dict[str, list[torch.Tensor]] = {}
 
-    def add(self, key: str, value: torch.Tensor, weight=1.0) -> None:
+    def add(self, key: str, total: torch.Tensor, weight=1.0) -> None:
+        """Add `total`, the sum of `weight` units' values."""
         entry = self.sums.setdefault(key, [torch.zeros((), dtype=torch.float64,
                                                        device=self.device)] * 2)
-        entry[0] = entry[0] + value.detach().double() * weight
+        entry[0] = entry[0] + total.detach().double()
         entry[1] = entry[1] + weight
 
     def pop(self) -> dict[str, float]:
@@ -537,10 +538,14 @@ class Trainer:
             cb.on_evaluate(self, row)
         return row
 
-    def _record_update(self, losses: dict[str, torch.Tensor]) -> None:
-        """The update's row for steps.csv and the running means for metrics.csv."""
+    def _record_update(self, sums: dict[str, torch.Tensor], count) -> None:
+        """The update's row for steps.csv (its losses: `sums` over `count` units) and the
+        running means for metrics.csv."""
+        for key, total in sums.items():
+            self.means.add(f"train_{key}", total, count)
         row = {"step": self.state.step, "epoch": self.state.epoch,
-               **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()}, **losses}
+               **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()},
+               **{k: v / count for k, v in sums.items()}}
         for name, norm in self._norms.items():
             row[f"grad_norm{_suffix(name)}"] = norm
             self.means.add(f"grad_norm{_suffix(name)}", norm)
@@ -584,14 +589,13 @@ class Trainer:
                 losses = out if isinstance(out, dict) else {"loss": out}
                 n = obj.count(batch)
                 for key, value in losses.items():
-                    self.means.add(f"train_{key}", value, n)
                     group[key] = group.get(key, 0.0) + value.detach().double() * n
                 group_count = group_count + n
                 st.batch_in_epoch += 1
                 if not update:
                     continue
                 st.step += 1
-                self._record_update({k: v / group_count for k, v in group.items()})
+                self._record_update(group, group_count)
                 group, group_count = {}, 0.0
                 bar.update(1)
                 if st.step % 10 == 0:

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from common.errors import UserError
+from common.rundir import RunDir
 from common.submission import validate_submission, write_submission
 
 
@@ -75,3 +76,23 @@ def test_invalid_submission_never_replaces_the_old_file(tmp_path, ids, values, e
         write_submission(path, ("id", "tested_positive"), ids, values, expected_ids=expected)
     assert path.read_text() == "id,tested_positive\n0,9\n"
     assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]
+
+
+def test_kept_checkpoints_are_the_newest_and_the_best(tmp_path):
+    run = RunDir(tmp_path)
+    manager = CheckpointManager(run, writes=True, keep_last=2, keep_best=2, mode="min")
+    for step, value in zip(range(1, 7), [5.0, 1.0, 4.0, 2.0, 3.0, float("nan")], strict=True):
+        manager.keep(step, value, {"model": {"w": torch.tensor([float(step)])}})
+    names = sorted(p.name for p in run.step_checkpoints())
+    assert names == [f"step-{s:09d}.pt" for s in (2, 4, 5, 6)]  # best 2 and 4, newest 5 and 6
+    assert load_checkpoint(run.step_checkpoint(4))["model"]["w"].item() == 4.0
+    # back to a last.pt of update 4: later files go, the kept list is the saved one
+    saved = CheckpointManager(run, writes=True, keep_last=2, keep_best=2)
+    saved.kept = [(2, 1.0), (3, 4.0), (4, 2.0)]
+    manager.load_state_dict(saved.state_dict(), step=4)
+    assert sorted(p.name for p in run.step_checkpoints()) == [f"step-{s:09d}.pt" for s in (2, 4)]
+    assert manager.kept == [(2, 1.0), (4, 2.0)]  # step 3's file was deleted before the kill
+    maxed = CheckpointManager(RunDir(tmp_path / "max"), writes=True, keep_best=1, mode="max")
+    for step, value in ((1, 0.5), (2, 0.9), (3, 0.7)):
+        maxed.keep(step, value, {"model": {}})
+    assert [s for s, _ in maxed.kept] == [2]

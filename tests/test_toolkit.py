@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import load_checkpoint
 from common.config import load_config
 from common.errors import UserError
 from common.fusion import average_state_dicts, fuse, vote
 from common.kfold import kfold_run, make_folds, predict_kfold
 from common.mix import MixBatch, MixConfig, classification_loss, soft_target_cross_entropy
-from common.pipeline import fit_split, predict_outputs
+from common.pipeline import average_run, fit_split, predict_outputs, predict_run, train_run
+from common.rundir import RunDir
 from common.trainer import Trainer
 from tests.test_trainer import Regression, cfg, data, model
 from tests.toy import BlobsTask, GroupedBlobsTask, write_blobs
@@ -236,3 +238,47 @@ def test_kfold_groups_keep_a_group_in_one_fold(blobs, tmp_path):
     fold_of = np.array([int(r.split(",")[1]) for r in rows])
     groups = np.load(blobs / "train.npz")["group"]
     assert all(len(set(fold_of[groups == g])) == 1 for g in np.unique(groups))
+
+
+# --------------------------------------------------------------------------- best vs last
+def test_best_and_last_differ_and_each_predicts_with_its_own_weights(blobs, tmp_path):
+    """A learning rate that explodes after epoch 3 makes the last weights worse than the best;
+    kept checkpoints are the newest and the best, and each prediction uses what it names."""
+    config = blobs_config(blobs, "trainer.epochs=6", "sched.name=\"step\"",
+                          "sched.step_epochs=3", "sched.gamma=1000",
+                          "trainer.keep_checkpoints=1", "trainer.keep_best_checkpoints=1")
+    run = RunDir(tmp_path / "run")
+    train_run(BlobsTask, config, run.path)
+    best, last = load_checkpoint(run.best), load_checkpoint(run.last)
+    assert best["trainer"]["step"] < last["trainer"]["step"]
+    kept = {load_checkpoint(p)["trainer"]["step"] for p in run.step_checkpoints()}
+    assert kept == {best["trainer"]["step"], last["trainer"]["step"]}
+
+    def outputs(path):
+        return torch.load(path / "test_outputs.pt", weights_only=True)["outputs"]
+
+    trained = outputs(run.path)                       # train predicts with best.pt
+    predict_run(BlobsTask, run.path, ckpt="last", out_dir=tmp_path / "last")
+    predict_run(BlobsTask, run.path, ckpt="best", out_dir=tmp_path / "best")
+    assert torch.equal(outputs(tmp_path / "best"), trained)
+    assert not torch.allclose(outputs(tmp_path / "last"), trained)
+    average_run(BlobsTask, run.path, 1, select="best")
+    assert torch.equal(outputs(run.path / "average-best1"), trained)
+    average_run(BlobsTask, run.path, 1, select="last")
+    assert torch.equal(outputs(run.path / "average-last1"), outputs(tmp_path / "last"))
+
+
+# --------------------------------------------------------------------------- fold seeds
+def test_kfold_vary_seed_gives_fold_k_the_seed_plus_k_minus_1(blobs, tmp_path):
+    outs = {}
+    for vary in ("true", "false"):
+        config = blobs_config(blobs, "kfold.folds=2", "trainer.epochs=2", "trainer.seed=7",
+                              f"kfold.vary_seed={vary}")
+        kfold_run(BlobsTask, config, tmp_path / vary)
+        for k in (1, 2):
+            saved = load_config(BlobsTask.schema(), tmp_path / vary / f"fold-{k}" / "config.toml")
+            assert saved["trainer"].seed == (7 + k - 1 if vary == "true" else 7)
+            outs[vary, k] = torch.load(tmp_path / vary / f"fold-{k}" / "test_outputs.pt",
+                                       weights_only=True)["outputs"]
+    assert torch.equal(outs["true", 1], outs["false", 1])      # fold 1: the run's own seed
+    assert not torch.allclose(outs["true", 2], outs["false", 2])  # fold 2 trained with seed 8

@@ -67,9 +67,9 @@ def bare_loop(x, y, epochs: int) -> float:
     return time.perf_counter() - start
 
 
-def trainer_loop(x, y, epochs: int, run_dir: Path | None) -> float:
+def trainer_loop(x, y, epochs: int, run_dir: Path | None, grad_norm: bool = True) -> float:
     cfg = TrainerConfig(epochs=epochs, batch_size=BATCH, seed=SEED, device="cpu",
-                        print_every_evals=10**9)
+                        print_every_evals=10**9, log_grad_norm=grad_norm)
     trainer = Trainer(make_model(), Regression(), cfg, optim=OptimConfig(name="adamw", lr=1e-3),
                       run_dir=run_dir)
     start = time.perf_counter()
@@ -85,11 +85,12 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_cpu_threads(args.threads)
     x, y = make_data()
-    times = {"bare": [], "trainer": [], "trainer+files": []}
+    times = {"bare": [], "trainer": [], "trainer-no-norm": [], "trainer+files": []}
     bare_loop(x, y, 1)  # warm-up
     for _ in range(args.repeats):
         times["bare"].append(bare_loop(x, y, args.epochs))
         times["trainer"].append(trainer_loop(x, y, args.epochs, None))
+        times["trainer-no-norm"].append(trainer_loop(x, y, args.epochs, None, grad_norm=False))
         with tempfile.TemporaryDirectory() as tmp:
             times["trainer+files"].append(trainer_loop(x, y, args.epochs, Path(tmp)))
     steps = args.epochs * (N // BATCH)
@@ -99,14 +100,15 @@ def main() -> None:
         # each repeat's ratio compares runs made back to back, under the same machine load
         ratios = [v / b for v, b in zip(values, times["bare"], strict=True)]
         med = statistics.median(values)
-        print(f"{name:14s} median {med:6.3f} s  {1000 * med / steps:6.2f} ms/step  "
+        print(f"{name:16s} median {med:6.3f} s  {1000 * med / steps:6.2f} ms/step  "
               f"ratio to bare: median {statistics.median(ratios):.3f}  "
               f"(range {min(ratios):.3f}-{max(ratios):.3f})")
     files = statistics.median(times["trainer+files"]) - statistics.median(times["trainer"])
-    print("trainer = the Trainer without a run directory; trainer+files adds the run files "
-          f"(last.pt with optimizer state, fsynced, every epoch; best.pt, metrics.csv and "
-          f"curves.png): about {1000 * files / args.epochs:.0f} ms per epoch, a fixed cost that "
-          "trainer.save_every_epochs spreads out")
+    print("trainer = the Trainer without a run directory (it computes every update's "
+          "gradient norm; trainer-no-norm: trainer.log_grad_norm = false); trainer+files adds "
+          "the run files (last.pt with optimizer state, fsynced, every epoch; best.pt, "
+          f"metrics.csv, steps.csv and curves.png): about {1000 * files / args.epochs:.0f} ms "
+          "per epoch, a fixed cost that trainer.save_every_epochs spreads out")
 
 
 if __name__ == "__main__":
