@@ -59,7 +59,7 @@ def data_dir_of(task: Task) -> Path:
     return data_dir
 
 
-def _make_trainer(task: Task, model, run_dir: Path | None, callbacks=()) -> Trainer:
+def make_trainer(task: Task, model, run_dir: Path | None, callbacks=()) -> Trainer:
     cfg = task.config
     mix = MixBatch(cfg["mix"], task.num_classes)
     return Trainer(model, task, cfg["trainer"], optim=cfg["optim"], sched=cfg["sched"],
@@ -115,7 +115,7 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
     Without run_dir nothing is written."""
     train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
     seed_everything(task.config["trainer"].seed)
-    trainer = _make_trainer(task, task.build_model(), run_dir, callbacks)
+    trainer = make_trainer(task, task.build_model(), run_dir, callbacks)
     log.info("%d train / %d valid items, device %s", len(train_ds),
              len(valid_ds) if valid_ds is not None else 0, trainer.device)
     if resume:
@@ -179,7 +179,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     except RuntimeError as exc:
         raise UserError(f"checkpoint does not fit the model of {RunDir(run_dir).config}: "
                         f"{str(exc).splitlines()[0]}") from None
-    trainer = _make_trainer(task, model, None)
+    trainer = make_trainer(task, model, None)
     return predict_and_write(task, trainer, test_data, out_dir or run_dir)
 
 

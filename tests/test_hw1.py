@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from common.config import load_config
+from common.pipeline import fit_split, make_trainer
 from common.submission import validate_submission
 from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
 from hw.hw1_covid.task import CovidTask
@@ -173,19 +175,45 @@ def test_demo_flag_writes_demo_data_once(tmp_path):
     result = run_cli("hw1", "train", "--demo", "--dry-run", "--out", str(tmp_path / "r"),
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "demo" / "hw1" / "covid.train.csv").is_file()
+    written = tmp_path / "data" / "demo" / "hw1" / "covid.train.csv"
+    assert written.is_file()
+    stamp = written.stat().st_mtime_ns
+    again = run_cli("hw1", "train", "--demo", "--dry-run", "--out", str(tmp_path / "r2"),
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert written.stat().st_mtime_ns == stamp          # written once, reused after
     made = run_cli("hw1", "demo-data", "--dest", str(tmp_path / "d"))
     assert made.returncode == 0 and (tmp_path / "d" / "covid.test.csv").is_file()
 
 
-def test_sample_config_reproduces_the_course_sample():
-    cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml")
-    assert cfg["data"].include_id and not cfg["data"].normalize
-    assert cfg["model"].hidden == [16, 8]
-    assert (cfg["optim"].name, cfg["optim"].lr, cfg["optim"].momentum) == ("sgd", 1e-5, 0.9)
-    assert (cfg["trainer"].batch_size, cfg["trainer"].epochs, cfg["trainer"].patience) == \
-        (256, 3000, 400)
-    assert cfg["trainer"].seed == cfg["data"].split_seed == 5201314
+def test_sample_config_behaves_like_the_course_sample(real_hw1, hw1_demo):
+    """What the sample recipe does, not what it says: the course's 2160/539 split of the 2022
+    table, its 16-8-1 network over every column and the id (2,033 parameters), SGD at 1e-5
+    with momentum 0.9, and early stopping after 400 evaluations without improvement."""
+    cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml",
+                      [f'data.dir="{real_hw1}"'])
+    task = CovidTask(cfg)
+    table = task.load_train(real_hw1)
+    train_idx, valid_idx = task.split(table)
+    assert (len(train_idx), len(valid_idx)) == (2160, 539)
+    train, _ = task.make_datasets(table, train_idx, valid_idx)
+    assert torch.equal(train.tensors[0][:, 0], torch.as_tensor(table.ids[train_idx],
+                                                               dtype=torch.float32))
+    model = task.build_model()
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
+    assert sum(p.numel() for p in model.parameters()) == 2033
+    opt = make_trainer(task, model, None).optimizer
+    assert isinstance(opt, torch.optim.SGD)
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]) == (1e-5, 0.9)
+    # with a learning rate of 0 nothing improves after the first evaluation: 400 more, stop
+    cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml",
+                      [f'data.dir="{hw1_demo}"', "trainer.print_every_evals=1000000",
+                       "optim.lr=0", "trainer.batch_size=100000"])
+    task = CovidTask(cfg)
+    table = task.load_train(hw1_demo)
+    st = fit_split(task, table, *task.split(table)).state
+    assert st.stopped and st.bad_evals == 400 and len(st.history) == 401
+    assert st.best_step == st.history[0]["step"]
 
 
 @pytest.mark.slow

@@ -132,6 +132,8 @@ def test_dry_run_writes_a_complete_submission(demo, tmp_path):
     ids = [int(line.split(",")[0]) for line in lines[1:]]
     classes = [int(line.split(",")[1]) for line in lines[1:]]
     assert ids == list(range(test.num_frames)) and 0 <= min(classes) and max(classes) <= 40
+    outputs = torch.load(tmp_path / "kf" / "test_outputs.pt", weights_only=True)["outputs"]
+    assert outputs.shape == (test.num_frames, 41) and outputs.std(0).min() > 0  # per frame
 
 
 def valid_acc(demo, config, *overrides):

@@ -11,10 +11,17 @@ from common.config import load_config
 from common.errors import UserError
 from common.fusion import average_state_dicts, fuse, vote
 from common.kfold import kfold_run, make_folds, predict_kfold
-from common.mix import MixBatch, MixConfig, classification_loss, soft_target_cross_entropy
+from common.mix import (
+    MixBatch,
+    MixConfig,
+    classification_loss,
+    sample_beta,
+    soft_target_cross_entropy,
+)
 from common.pipeline import average_run, fit_split, predict_outputs, predict_run, train_run
 from common.rundir import RunDir
-from common.trainer import Trainer
+from common.runtime import Salt, derive_seed
+from common.trainer import Callback, Trainer
 from tests.test_trainer import Regression, cfg, data, model
 from tests.toy import BlobsTask, GroupedBlobsTask, write_blobs
 
@@ -145,6 +152,24 @@ def test_mixup_and_cutmix_mix_inputs_and_targets_consistently():
     assert my.shape == r.shape and my.is_floating_point()
 
 
+def test_mixup_mixes_with_the_drawn_weight_and_stops_at_off_epoch():
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    mix = MixBatch(MixConfig(mixup_alpha=0.4, off_epoch=2), n_classes=4)
+    torch.manual_seed(5)
+    mixed_x, soft = mix((x, y), epoch=1)
+    torch.manual_seed(5)  # the same draws, by hand: the weight, folded to >= 0.5, the partner
+    lam = sample_beta(0.4)
+    lam = max(lam, 1 - lam)
+    perm = torch.randperm(10)
+    assert 0.5 <= lam < 1.0
+    assert torch.allclose(mixed_x, lam * x + (1 - lam) * x[perm])
+    one_hot = F.one_hot(y, 4).float()
+    assert torch.allclose(soft, lam * one_hot + (1 - lam) * one_hot[perm])
+    assert not torch.allclose(mixed_x, x)
+    same_x, same_y = mix((x, y), epoch=2)
+    assert same_x is x and same_y is y
+
+
 def test_mixup_training_still_learns(blobs):
     config = blobs_config(blobs, "mix.mixup_alpha=0.4")
     task = BlobsTask(config)
@@ -173,6 +198,14 @@ def test_tta_with_zero_views_equals_plain_prediction_and_views_are_seeded(blobs)
     a = predict_outputs(task, trainer, test)
     b = predict_outputs(task, trainer, test)
     assert torch.equal(a, b) and not torch.allclose(a.exp(), plain.softmax(-1), atol=1e-4)
+    # the fusion is w * plain + (1 - w) * mean of the views, each view predicted on its own
+    task.config["predict"].tta_plain_weight = 0.25
+    views = []
+    for view in range(4):
+        torch.manual_seed(derive_seed(task.config["trainer"].seed, Salt.TTA, view))
+        views.append(trainer.predict(task.tta_view(test, view)).softmax(-1))
+    expected = 0.25 * plain.softmax(-1) + 0.75 * torch.stack(views).mean(0)
+    assert torch.allclose(predict_outputs(task, trainer, test).exp(), expected, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- EMA
@@ -182,6 +215,26 @@ def test_ema_with_decay_zero_equals_the_raw_weights():
     for raw, ema in zip(trainer.model.state_dict().values(),
                         trainer.eval_model.state_dict().values(), strict=True):
         assert torch.equal(raw, ema)
+
+
+def test_ema_follows_the_recurrence_computed_by_hand():
+    """ema_1 = w_1, then ema_t = d * ema_(t-1) + (1 - d) * w_t after every update t."""
+    seen = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer):
+            seen.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer = Trainer(model(), Regression(), cfg(ema=True, ema_decay=0.7, epochs=1,
+                                                 batch_size=100), callbacks=[Record()])
+    trainer.fit(data(300))
+    assert len(seen) == 3
+    expected = dict(seen[0])
+    for weights in seen[1:]:
+        expected = {k: 0.7 * expected[k] + 0.3 * weights[k] for k in weights}
+    for key, value in trainer.eval_model.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-7), key
+    assert not torch.allclose(expected["0.weight"], seen[-1]["0.weight"])
 
 
 def test_ema_lags_the_raw_weights_and_is_what_gets_evaluated():
