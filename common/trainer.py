@@ -25,12 +25,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from common import distributed
-from common.batches import take, to_cpu, to_device
+from common.batches import to_device
 from common.checkpoint import CheckpointManager, load_checkpoint
 from common.data import build_loader, supports_batched_indexing
 from common.errors import UserError
+from common.evaluation import collect
 from common.objective import Objective, OptimizerSpec
-from common.optim import OptimConfig, SchedConfig, build_optimizer, lr_factor, set_lr
+from common.optim import OptimConfig, SchedConfig
 from common.rundir import RunDir
 from common.runlog import RunLog
 from common.runtime import (
@@ -43,6 +44,7 @@ from common.runtime import (
     seed_everything,
     set_rng_state,
 )
+from common.stepper import Stepper
 
 __all__ = ["Callback", "Objective", "OptimizerSpec", "TrainState", "Trainer", "TrainerConfig",
            "to_device"]
@@ -185,23 +187,13 @@ class Trainer:
             seed_everything(derive_seed(cfg.seed, Salt.RANK, self.rank))  # dropout, mixup
         self._build_ema()
         self.batch_transform = batch_transform
-        specs = objective.configure_optimizers(self.model, optim or OptimConfig(),
-                                               sched or SchedConfig())
-        self.optimizers = {n: build_optimizer(s.params, s.optim) for n, s in specs.items()}
-        self.schedules = {n: (s.optim.lr, s.sched) for n, s in specs.items()}
-        self.lr = {n: s.optim.lr for n, s in specs.items()}
-        self._params = {n: [p for g in o.param_groups for p in g["params"]]
-                        for n, o in self.optimizers.items()}
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
-        self.scalers = {n: torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16
-                        else None for n in self.optimizers}
-        followed = {id(p) for p in self.ema_target.parameters()} if self.ema else set()
-        self._ema_after = next((n for n, ps in self._params.items()
-                                if any(id(p) in followed for p in ps)), None)
-        self._micro = dict.fromkeys(self.optimizers, 0)     # micro-batches since the last step
-        self._count = dict.fromkeys(self.optimizers, 0.0)   # their summed counts
-        self._ref = dict.fromkeys(self.optimizers, 1.0)     # the first one's count
-        self._norms: dict[str, torch.Tensor] = {}           # this update's gradient norms
+        self.stepper = Stepper(
+            objective.configure_optimizers(self.model, optim or OptimConfig(),
+                                           sched or SchedConfig()),
+            fp16=self.amp_dtype == torch.float16, world=self.world, sync_grads=self.manual,
+            clip_grad_norm=cfg.clip_grad_norm, log_grad_norm=cfg.log_grad_norm)
+        self._ema_after = self.stepper.owner_of(self.ema_target) if self.ema else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.writes = self.run is not None and distributed.is_main()
@@ -214,12 +206,20 @@ class Trainer:
         self.state = TrainState()
         self.means = RunningMeans(self.device)
         self.best_model_state: dict[str, torch.Tensor] | None = None
-        self.total_steps, self.steps_per_epoch = 1, 1
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.stepper.optimizers
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The "main" optimizer (the only one on the default path)."""
         return self.optimizers["main"]
+
+    @property
+    def lr(self) -> dict[str, float]:
+        """Each optimizer's learning rate at its last update (before lr_scale)."""
+        return self.stepper.lr
 
     def _build_ema(self) -> None:
         cfg = self.cfg
@@ -261,74 +261,23 @@ class Trainer:
         return batch, output, loss
 
     def backward(self, loss: torch.Tensor, optimizer: str = "main", count=1) -> None:
-        """Backward `loss` (a mean over `count` units) into the gradients of `optimizer`'s
-        parameters. Micro-batches add up weighted by their counts and `step` divides by the
-        total, so an accumulated update equals the big batch, also across processes."""
-        micro = self._micro[optimizer]
-        if micro == 0:
-            self._ref[optimizer] = count if self.world == 1 else 1.0
-        weighted = loss if micro == 0 and self.world == 1 else \
-            loss * (count / self._ref[optimizer])
-        scaler = self.scalers[optimizer]
-        if scaler is not None:
-            weighted = scaler.scale(weighted)
-        if self.manual:  # only this optimizer's parameters: G's loss leaves D's gradients alone
-            weighted.backward(inputs=self._params[optimizer])
-        else:
-            weighted.backward()
-        self._micro[optimizer] = micro + 1
-        self._count[optimizer] = self._count[optimizer] + count
-
-    def _normalise(self, name: str) -> None:
-        """Turn the summed, count-weighted gradients into the mean over every unit of the
-        update, on every process."""
-        params = self._params[name]
-        if self.world == 1:
-            if self._micro[name] <= 1:
-                return
-            factor = float(self._ref[name] / self._count[name])
-        else:
-            total = distributed.all_sum([float(self._count[name])])[0]
-            if self.manual:
-                distributed.all_reduce_grads(params)  # summed; DDP has averaged already
-            factor = (1.0 if self.manual else self.world) / total
-        grads = [p.grad for p in params if p.grad is not None]
-        if grads and factor != 1.0:
-            torch._foreach_mul_(grads, factor)
+        """Backward `loss` (a mean over `count` units: items, tokens) into `optimizer`'s
+        gradients, weighted so that an accumulated update equals the big batch."""
+        self.stepper.backward(loss, optimizer, count)
 
     def step(self, optimizer: str = "main") -> None:
-        """One update of `optimizer`: learning rate for this step, unscale (fp16), normalise,
-        clip, step, zero the gradients, and update the EMA if it follows these parameters."""
-        opt, scaler, params = self.optimizers[optimizer], self.scalers[optimizer], \
-            self._params[optimizer]
-        base_lr, sched = self.schedules[optimizer]
-        self.lr[optimizer] = set_lr(opt, base_lr, lr_factor(
-            self.state.step, sched, total_steps=self.total_steps,
-            steps_per_epoch=self.steps_per_epoch))
-        if scaler is not None:
-            scaler.unscale_(opt)
-        self._normalise(optimizer)
-        if self.cfg.clip_grad_norm > 0:
-            self._norms[optimizer] = nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
-        elif self.cfg.log_grad_norm:
-            self._norms[optimizer] = nn.utils.get_total_norm(
-                [p.grad for p in params if p.grad is not None])
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        """One update of `optimizer` (learning rate, unscale, normalise, clip, step, zero the
+        gradients), then of the EMA if it follows the parameters this optimizer updates."""
+        self.stepper.step(optimizer, self.state.step)
         if self.ema is not None and optimizer == self._ema_after:
             self.ema.update_parameters(self.ema_target)
-        self._micro[optimizer], self._count[optimizer] = 0, 0.0
 
     def _no_sync(self, update: bool):
         if self.world > 1 and not self.manual and not update:
             return self.train_model.no_sync()
         return contextlib.nullcontext()
 
-    def _to_device(self, batch):
+    def to_device(self, batch):
         batch = to_device(batch, self.device, non_blocking=True)
         if self.memory_format is not None and isinstance(batch, list | tuple) \
                 and isinstance(batch[0], torch.Tensor) and batch[0].dim() == 4:
@@ -344,8 +293,8 @@ class Trainer:
             drop_last=train and cfg.drop_last, as_tensor=supports_batched_indexing(dataset),
             rank=self.rank, world=self.world)
 
-    def _loader(self, dataset, sampler, *, epoch: int = 0, start_batch: int = 0,
-                train: bool = False):
+    def loader(self, dataset, sampler, *, epoch: int = 0, start_batch: int = 0,
+               train: bool = False):
         if train and hasattr(dataset, "set_epoch"):  # per-epoch augmentation seeds
             dataset.set_epoch(epoch)
         return build_loader(dataset, batch_sampler=sampler, seed=self.cfg.seed, epoch=epoch,
@@ -354,52 +303,9 @@ class Trainer:
                             collate_fn=getattr(dataset, "collate_fn", None))
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def collect(self, dataset, with_targets: bool = True, max_batches: int = 0):
-        """(predictions, targets, mean loss) of the evaluated model over a dataset, in dataset
-        order and on the CPU. Predictions are what the task's predict/validation step returns,
-        joined and finalized by the task; targets and loss are None without with_targets (or
-        when the task reports none). Under torchrun each rank evaluates its share and every
-        rank gets the whole."""
-        model, obj = self.eval_model, self.objective
-        distributed.broadcast_buffers(model)  # one model: rank 0's BN statistics
-        model.eval()
-        sampler = self.sampler(dataset, train=False)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        count, preds, targets = 0.0, [], []
-        for i, batch in enumerate(self._loader(dataset, sampler)):
-            if max_batches and i >= max_batches:
-                break
-            batch = self._to_device(batch)
-            target = loss = None
-            with self.autocast():
-                if with_targets:
-                    pred, target, loss = obj.validation_step(model, batch)
-                else:
-                    pred = obj.predict_step(model, batch)
-            if loss is not None:
-                n = obj.count(batch)
-                loss_sum += loss.double() * n
-                count = count + n
-            preds.append(to_cpu(pred))
-            if target is not None:
-                targets.append(to_cpu(target))
-        index = None
-        if not getattr(sampler, "in_order", True):  # where each prediction belongs
-            sampler.set_epoch(0)
-            index = torch.cat([torch.as_tensor(b) for b in list(sampler)[:len(preds)]]
-                              or [torch.zeros(0, dtype=torch.long)])
-        parts = distributed.all_gather_objects(
-            (obj.join(preds) if preds else None, obj.join(targets) if targets else None,
-             float(loss_sum), float(count), index))
-        preds = obj.join([p[0] for p in parts if p[0] is not None])
-        targets = [p[1] for p in parts if p[1] is not None]
-        targets = obj.join(targets) if targets else None
-        if index is not None:
-            order = torch.argsort(torch.cat([p[4] for p in parts]))
-            preds, targets = take(preds, order), take(targets, order)
-        loss_total, count = sum(p[2] for p in parts), sum(p[3] for p in parts)
-        return obj.finalize(preds, dataset), targets, (loss_total / count if count else None)
+        """(predictions, targets, mean loss) in dataset order (common/evaluation.py)."""
+        return collect(self, dataset, with_targets, max_batches)
 
     def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
         """Mean loss (weighted by the task's count) and the task's metrics over a dataset."""
@@ -419,8 +325,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_model": self.cfg.ema_model,
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-            "scalers": {n: s.state_dict() if s else None for n, s in self.scalers.items()},
+            **self.stepper.state_dict(),
             "trainer": asdict(self.state),
             "running": self.means.state_dict(),
             "checkpoints": self.ckpts.state_dict(),
@@ -472,14 +377,7 @@ class Trainer:
                 raise UserError(f"{path}: was written without this trainer.ema setting; "
                                 "resume with the run's own config")
             self.ema.load_state_dict(ckpt["ema"])
-        if set(ckpt["optimizers"]) != set(self.optimizers):
-            raise UserError(f"{path}: holds optimizers {', '.join(ckpt['optimizers'])}, this "
-                            f"task has {', '.join(self.optimizers)}; resume with its own task")
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][name])
-            saved = ckpt.get("scalers", {}).get(name)
-            if self.scalers[name] is not None and saved:
-                self.scalers[name].load_state_dict(saved)
+        self.stepper.load_state_dict(ckpt, path)
         self.state = TrainState(**ckpt["trainer"])
         self.means.load_state_dict(ckpt.get("running", {}))
         self.ckpts.load_state_dict(ckpt.get("checkpoints", {}), self.state.step)
@@ -546,10 +444,9 @@ class Trainer:
         row = {"step": self.state.step, "epoch": self.state.epoch,
                **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()},
                **{k: v / count for k, v in sums.items()}}
-        for name, norm in self._norms.items():
+        for name, norm in self.stepper.pop_norms().items():
             row[f"grad_norm{_suffix(name)}"] = norm
             self.means.add(f"grad_norm{_suffix(name)}", norm)
-        self._norms = {}
         self.log.add_step(row)
 
     def _show_progress(self, bar: tqdm, loss: torch.Tensor) -> None:
@@ -567,23 +464,23 @@ class Trainer:
             n_batches = min(n_batches, cfg.max_batches_per_epoch)
         if n_batches < 1:
             raise UserError("the training set is empty or smaller than one batch")
-        self.steps_per_epoch = math.ceil(n_batches / cfg.accum_steps)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.stepper.steps_per_epoch = math.ceil(n_batches / cfg.accum_steps)
+        self.stepper.total_steps = total_steps = self.stepper.steps_per_epoch * cfg.epochs
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True,
+        bar = tqdm(total=total_steps, initial=st.step, desc="train", dynamic_ncols=True,
                    disable=None if distributed.is_main() else True, file=sys.stderr)
         group: dict[str, torch.Tensor] = {}
         group_count = 0.0
         while st.epoch < cfg.epochs and not st.stopped:
             self.model.train()
-            for batch in self._loader(train_dataset, sampler, epoch=st.epoch,
+            for batch in self.loader(train_dataset, sampler, epoch=st.epoch,
                                       start_batch=st.batch_in_epoch, train=True):
                 b = st.batch_in_epoch
                 if b >= n_batches:
                     break
                 update = (b + 1) % cfg.accum_steps == 0 or b + 1 == n_batches
-                batch = self._to_device(batch)
+                batch = self.to_device(batch)
                 with self._no_sync(update):
                     out = obj.training_step(self, batch, update=update)
                 losses = out if isinstance(out, dict) else {"loss": out}

@@ -143,3 +143,20 @@ def test_worker_processes_give_the_same_run():
         runs.append(trainer.model.state_dict())
     for key, value in runs[0].items():
         assert torch.equal(value, runs[1][key]), key
+
+
+def test_task_callbacks_run_and_ema_model_must_name_a_model():
+    calls = []
+
+    class EpochCounter(Callback):
+        def on_epoch_end(self, trainer):
+            calls.append(trainer.state.epoch)
+
+    class WithCallbacks(Regression):
+        def callbacks(self):
+            return [EpochCounter()]
+
+    Trainer(model(), WithCallbacks(), cfg(epochs=2)).fit(data())
+    assert calls == [1, 2]
+    with pytest.raises(UserError, match="ema_model='G' names no model"):
+        Trainer(model(), Regression(), cfg(ema=True, ema_model="G"))
