@@ -26,17 +26,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_torch_file(path: str | Path, *, missing: str, unreadable: str) -> Any:
     """torch.load (tensors only, to the CPU) where a missing or damaged file is a UserError:
-    `missing` is the message for an absent file, `unreadable` for a damaged one, where
-    {reason} stands for what torch reported."""
+    `missing` is the message for an absent file, `unreadable` for a damaged one (torch's own
+    words are left out: long, and for foreign pickles they advise weights_only=False)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {missing}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: {unreadable.format(reason=reason)}") from None
+            OSError):
+        raise UserError(f"{path}: {unreadable}") from None
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
@@ -44,8 +43,8 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
     path = Path(path)
     state = load_torch_file(
         path, missing="checkpoint not found; check the run directory or --ckpt",
-        unreadable="not a readable checkpoint (truncated or corrupt: {reason}); use another "
-        "checkpoint or retrain")
+        unreadable="truncated or not a checkpoint; use another checkpoint (best, last) or "
+        "retrain")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint written by this suite; pass one from a run "
                         "directory's checkpoints/")
@@ -56,9 +55,12 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
         raise UserError(f"{path}: written by an older version of this suite; it can predict "
                         "but not resume; start a new run")
     missing = [key for key in required if key not in state]
+    if missing and "optimizers" in missing:
+        raise UserError(f"{path}: holds weights only (like a best.pt), not the state a run "
+                        "resumes from; restore the run's own last.pt or start a new run")
     if missing:
-        raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; use checkpoints/last.pt "
-                        "to resume")
+        raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; use one from a run "
+                        "directory's checkpoints/")
     return state
 
 

@@ -7,6 +7,7 @@ demo-data` and `run.py list`.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,9 +26,13 @@ from common.pipeline import (
     train_run,
 )
 from common.rundir import RunDir
+from common.runlog import say
 from common.task import Task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 TaskRegistry = dict[str, Callable[[], type[Task]]]
 
 
@@ -68,7 +73,9 @@ def _add_task_parser(sub, name: str, title: str) -> None:
     pr = actions.add_parser("predict", help="write the submission again from a run's checkpoint")
     pr.add_argument("--run", required=True, metavar="RUN_DIR",
                     help="a run directory, or a k-fold run (every fold predicts, then fused)")
-    pr.add_argument("--ckpt", metavar="best|last|PATH", help="checkpoint (default: best)")
+    pr.add_argument("--ckpt", metavar="best|last|PATH",
+                    help="checkpoint (default: the run's predict.ckpt, as train used it: best "
+                    "unless the recipe says last)")
     pr.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
     pr.add_argument("--tta", type=int, metavar="N",
                     help="test-time augmented views besides the plain one (predict.tta)")
@@ -144,9 +151,9 @@ def _train(task_cls: type[Task], args) -> int:
         if kfold and args.folds is not None:
             overrides.append(f"kfold.folds={args.folds}")
         config = load_config(task_cls.schema(), config_path, overrides)
-        if args.demo or args.data:
+        if args.demo or args.data:  # stored absolute: predict and --resume work from anywhere
             data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
-            config["data"] = replace(config["data"], dir=str(data_dir))
+            config["data"] = replace(config["data"], dir=str(data_dir.resolve()))
         if args.dry_run:
             config = dry_run_config(config)
         name = config_path.stem if config_path else task_cls.name
@@ -155,28 +162,55 @@ def _train(task_cls: type[Task], args) -> int:
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
         run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
-    say(f"run directory: {run_dir}")
+    resume_hint = f"{command_name()} {task_cls.name} {args.action} --resume {run_dir}"
     try:
         if kfold:
             result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
         else:
             result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: run.py {task_cls.name} {args.action} --resume "
-              f"{run_dir}", file=sys.stderr)
+        print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a write failed mid-run: disk full, permissions
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        kept = RunDir(run_dir).last.is_file() or (kfold and RunDir(run_dir).config.is_file())
+        then = f"the last good checkpoint is kept; fix it and continue with: {resume_hint}" \
+            if kept else "nothing to resume yet; fix it and start again"
+        raise UserError(f"{exc.filename or run_dir}: cannot write ({exc.strerror or exc}); "
+                        f"{then}") from None
     if kfold:
         say("out-of-fold " + " ".join(f"{k} {v:.5g}" for k, v in result["oof"].items()))
     elif result["best"] is not None:
         say(f"best {config['trainer'].monitor}: {result['best']:.5g}")
     say(f"submission: {result['submission']}")
+    if args.demo and distributed.is_main():  # rank 0 wrote the submission
+        demo_summary(task_cls, Path(config["data"].dir), run_dir, result["submission"])
     return 0
 
 
-def say(message: str) -> None:
-    """Print on rank 0 only (every process under torchrun runs the same command)."""
-    if distributed.is_main():
-        print(message)
+def command_name() -> str:
+    """How the user called us: `mlhw` or `python scripts/run.py`."""
+    prog = Path(sys.argv[0]).name
+    return prog if prog == "mlhw" else f"python {sys.argv[0]}"
+
+
+def demo_summary(task_cls: type[Task], data_dir: Path, run_dir: Path, submission: Path) -> None:
+    """Where things went, how good the result is on the demo's answer key, what to try next."""
+    cmd = f"{command_name()} {task_cls.name}"
+    say(f"demo data: {data_dir} (synthetic, in the real layout)")
+    say(f"run: {run_dir} (metrics.csv, curves.png, log.txt, checkpoints/)")
+    score = task_cls.demo_score(submission, data_dir)
+    if score:
+        say("demo test score (against the demo's answer key): "
+            + " ".join(f"{k} {v:.4g}" for k, v in score.items())
+            + (f"; the course sample: {task_cls.demo_baseline}" if task_cls.demo_baseline
+               else ""))
+    say("next: compare the course sample: "
+        f"{cmd} train --demo --config configs/{task_cls.name}_sample.toml")
+    say(f"      the real data: {cmd} train --data data/{task_cls.name} "
+        f"(download: {task_cls.download_hint or 'see data/README.md'})")
+    say(f"      folds and an ensemble: {cmd} kfold --demo --folds 5")
 
 
 def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
@@ -219,11 +253,21 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
         if args.action == "demo-data":
             say(f"demo data: {demo_dir(task_cls, args.dest)}")
             return 0
+    except OSError as exc:  # outside a training run: nothing to resume
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        exc = UserError(f"{exc.filename or 'output'}: cannot write ({exc.strerror or exc}); "
+                        "free space or choose a writable folder and try again")
+        return _report(exc)
     except UserError as exc:
-        rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
-        print(f"{rank}error: {exc}", file=sys.stderr)
-        return 2
+        return _report(exc)
     except KeyboardInterrupt:
         print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130
     return 1
+
+
+def _report(exc: UserError) -> int:
+    rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+    print(f"{rank}error: {exc}", file=sys.stderr)
+    return 2

@@ -22,6 +22,32 @@ from common.io import write_text_atomic
 Config = dict[str, Any]
 
 
+def option(default: Any = dataclasses.MISSING, *, factory=None, min=None, max=None,
+           below=None, choices=None) -> Any:
+    """A dataclass field with the range (min <= value <= max, value < below; every element of
+    a list) or the choices its value must respect, checked whenever a config is built."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("below", below),
+                               ("choices", choices)) if v is not None}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"rules": rules})
+    return dataclasses.field(default=default, metadata={"rules": rules})
+
+
+def check_value(value: Any, rules: dict[str, Any], where: str) -> None:
+    if "choices" in rules:
+        choices = rules["choices"]
+        if str(value).lower() not in {str(c).lower() for c in choices}:
+            raise UserError(f"{where}: {value!r} is not a choice; use one of "
+                            f"{', '.join(str(c) if c != '' else repr(c) for c in choices)}")
+    for item in value if isinstance(value, list) else [value]:
+        if "min" in rules and item < rules["min"]:
+            raise UserError(f"{where}: {item!r} must be at least {rules['min']}")
+        if "max" in rules and item > rules["max"]:
+            raise UserError(f"{where}: {item!r} must be at most {rules['max']}")
+        if "below" in rules and not item < rules["below"]:
+            raise UserError(f"{where}: {item!r} must be less than {rules['below']}")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -68,12 +94,21 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build_config(schema: dict[str, type], raw: dict[str, Any], source: str = "config") -> Config:
-    """Fill each section's dataclass from raw TOML data, rejecting unknown sections and keys."""
+def build_config(schema: dict[str, type], raw: dict[str, Any], source: str = "config",
+                 origins: dict[str, str] | None = None) -> Config:
+    """Fill each section's dataclass from raw TOML data, rejecting unknown sections and keys
+    and values outside their option's range or choices. `origins` names where a key's value
+    came from when not from `source` ("section.key" -> "--set section.key=value")."""
+    origins = origins or {}
+
+    def where(section: str, key: str) -> str:
+        return origins.get(f"{section}.{key}", f"{source}: {section}.{key}")
+
     unknown = sorted(set(raw) - set(schema))
     if unknown:
+        blamed = next((o for k, o in origins.items() if k.split(".")[0] in unknown), source)
         raise UserError(
-            f"{source}: unknown section(s) {', '.join(unknown)}; valid sections: "
+            f"{blamed}: unknown section(s) {', '.join(unknown)}; valid sections: "
             f"{', '.join(schema)}"
         )
     config: Config = {}
@@ -85,11 +120,16 @@ def build_config(schema: dict[str, type], raw: dict[str, Any], source: str = "co
         bad = sorted(set(values) - set(types_))
         if bad:
             raise UserError(
-                f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in bad)}; valid keys "
+                f"{origins.get(f'{section}.{bad[0]}', source)}: unknown key(s) "
+                f"{', '.join(f'{section}.{k}' for k in bad)}; valid keys "
                 f"in [{section}]: {', '.join(types_)}"
             )
-        kwargs = {k: _coerce(v, types_[k], f"{source}: {section}.{k}") for k, v in values.items()}
+        kwargs = {k: _coerce(v, types_[k], where(section, k)) for k, v in values.items()}
         config[section] = cls(**kwargs)
+        for f in dataclasses.fields(cls):
+            rules = f.metadata.get("rules")
+            if rules:
+                check_value(getattr(config[section], f.name), rules, where(section, f.name))
     return config
 
 
@@ -123,10 +163,12 @@ def load_config(
             raise UserError(f"{path}: config file not found; pass an existing --config") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    origins = {}
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})[key] = value
-    return build_config(schema, raw, source)
+        origins[f"{section}.{key}"] = f"--set {text}"
+    return build_config(schema, raw, source, origins)
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

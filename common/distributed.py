@@ -47,7 +47,10 @@ def init_from_env() -> bool:
 
 
 def shutdown() -> None:
+    """Leave the group together: rank 0 may still be writing files, and gloo aborts a process
+    whose peer tears the group down under it."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
 
 

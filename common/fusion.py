@@ -125,7 +125,8 @@ def load_outputs(member: str | Path, task: str) -> dict[str, Any]:
     saved = load_torch_file(
         path, missing="no saved test outputs; pass a finished run, k-fold or fold directory "
         "(train, kfold and predict write test_outputs.pt)",
-        unreadable="unreadable ({reason}); predict that run again with `predict --run`")
+        unreadable="truncated or not written by this suite; predict that run again with "
+        "`predict --run`")
     if not isinstance(saved, dict) or "outputs" not in saved:
         raise UserError(f"{path}: not a test_outputs.pt written by this suite")
     if saved.get("task") != task:

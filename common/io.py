@@ -33,7 +33,7 @@ def write_csv_atomic(path: str | Path, header: Sequence[str],
                      rows: Iterable[Sequence]) -> None:
     """A CSV file with a header, written atomically; rows are streamed, not collected."""
     with atomic_write(path) as fh:
-        writer = csv.writer(fh, lineterminator="\r\n")
+        writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 

@@ -7,8 +7,8 @@ Run directory:  config.toml  folds.csv  kfold.csv  oof.pt  test_outputs.pt  <sub
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,11 +34,13 @@ from common.pipeline import (
     run_logging,
 )
 from common.rundir import RunDir
+from common.runlog import say
 from common.runtime import set_cpu_threads
 from common.task import Task
 from common.trainer import Callback
 
 log = logging.getLogger("mlhw")
+report = functools.partial(say, err=True)  # progress goes to stderr, results to stdout
 SPLITS = ("auto", "kfold", "stratified", "group")
 
 
@@ -86,12 +88,6 @@ def fold_config(config: Config, k: int) -> Config:
     return config
 
 
-def _say(message: str) -> None:
-    if distributed.is_main():
-        log.info(message)
-        print(message, file=sys.stderr, flush=True)
-
-
 def _exists(path: Path) -> bool:
     """Whether rank 0 sees the file (the other ranks need not share its disk)."""
     return distributed.broadcast_object(path.is_file() if distributed.is_main() else None)
@@ -129,6 +125,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     if not resume and run.config.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
+    run.check_writable()
     task = task_cls(config)
     kcfg = config["kfold"]
     set_cpu_threads(config["trainer"].threads)
@@ -139,6 +136,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     folds = make_folds(n, kcfg.folds, seed=kcfg.seed, split=kcfg.split,
                        labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
     with run_logging(run_dir):
+        say(f"run directory: {run_dir}")
         if not resume and distributed.is_main():
             save_config(config, run.config)
             fold_of = np.zeros(n, dtype=np.int64)
@@ -152,16 +150,16 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
             if _exists(fold.oof):
                 result = distributed.broadcast_object(load_torch_file(
                     fold.oof, missing="gone",
-                    unreadable="damaged ({reason}); delete it to train this fold again")
+                    unreadable="damaged (truncated); delete it to train this fold again")
                     if distributed.is_main() else None)
-                _say(f"fold {k}/{len(folds)}: finished earlier, kept")
+                report(f"fold {k}/{len(folds)}: finished earlier, kept")
             else:
-                _say(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
+                report(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
                      f"holding out {len(held_out)}")
                 result = run_fold(task.for_config(fold_config(config, k)), train_data,
                                   test_data, train_idx, held_out, fold.path, callbacks)
             shown = " ".join(f"{m} {v:.5g}" for m, v in result["metrics"].items())
-            _say(f"fold {k}/{len(folds)}: out-of-fold {shown}")
+            report(f"fold {k}/{len(folds)}: out-of-fold {shown}")
             results.append(result)
 
         order = torch.argsort(torch.cat([r["index"] for r in results]))
@@ -171,7 +169,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target,
                                                         dataset=everything).items()}
         shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())
-        _say(f"out-of-fold over all {n} items: {shown}")
+        report(f"out-of-fold over all {n} items: {shown}")
         submission = run_dir / task.submission_name
         if distributed.is_main():  # the rest only writes files
             with atomic_write(run.oof, "wb") as fh:

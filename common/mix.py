@@ -12,17 +12,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.config import option
 from common.errors import UserError
 
 
 @dataclass
 class MixConfig:
-    mixup_alpha: float = 0.0          # Beta(alpha, alpha) mixing weight; 0: no mixup
-    cutmix_alpha: float = 0.0         # CutMix box weight, images (N, C, H, W) only; 0: no CutMix
-    prob: float = 1.0                 # chance that a batch is mixed at all
-    switch_prob: float = 0.5          # with both on: chance of CutMix instead of mixup
-    off_epoch: int = 0                # from this epoch (0-based) on, no mixing; 0: never off
-    label_smoothing: float = 0.0      # applied to the mixed soft targets
+    mixup_alpha: float = option(0.0, min=0.0)  # Beta(alpha, alpha) mixing weight; 0: no mixup
+    # CutMix box weight, images (N, C, H, W) only; 0: no CutMix
+    cutmix_alpha: float = option(0.0, min=0.0)
+    prob: float = option(1.0, min=0.0, max=1.0)  # chance that a batch is mixed at all
+    # with both on: chance of CutMix instead of mixup
+    switch_prob: float = option(0.5, min=0.0, max=1.0)
+    off_epoch: int = option(0, min=0)  # from this epoch (0-based) on, no mixing; 0: never off
+    label_smoothing: float = option(0.0, min=0.0, below=1.0)  # applied to the mixed soft targets
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

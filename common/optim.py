@@ -5,38 +5,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from common.config import option
 from common.errors import UserError
 
 SCHEDULES = ("constant", "step", "cosine", "linear", "inverse_sqrt")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"            # sgd | adam | adamw
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    name: str = option("adamw", choices=OPTIMIZERS)  # sgd | adam | adamw
+    lr: float = option(1e-3, min=0.0)
+    weight_decay: float = option(0.0, min=0.0)
     no_decay_bias_norm: bool = False  # no weight decay on biases and norm weights (1-D params)
-    layer_decay: float = 1.0       # layer-wise lr decay: layer l of L gets lr * decay^(L - l);
-                                   # needs a task that numbers its layers (Objective.layer_id)
-    momentum: float = 0.9          # sgd only
+    # layer-wise lr decay: layer l of L gets lr * decay^(L - l); needs a task that numbers its
+    # layers (Objective.layer_id)
+    layer_decay: float = option(1.0, min=1e-12, max=1.0)
+    momentum: float = option(0.9, min=0.0, below=1.0)  # sgd only
     nesterov: bool = False         # sgd only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], min=0.0, below=1.0)
+    eps: float = option(1e-8, min=0.0)
 
 
 @dataclass
 class SchedConfig:
-    name: str = "constant"         # constant | step | cosine | linear | inverse_sqrt
-    warmup_steps: int = 0          # linear warmup from 0; warmup_epochs adds to it
-    warmup_epochs: float = 0.0
-    step_epochs: float = 10.0      # step: multiply by gamma every step_epochs
-    gamma: float = 0.1
-    min_lr_ratio: float = 0.0      # cosine and linear: final lr as a fraction of optim.lr
+    # constant | step | cosine | linear | inverse_sqrt
+    name: str = option("constant", choices=SCHEDULES)
+    warmup_steps: int = option(0, min=0)  # linear warmup from 0; warmup_epochs adds to it
+    warmup_epochs: float = option(0.0, min=0.0)
+    step_epochs: float = option(10.0, min=1e-12)  # step: multiply by gamma every step_epochs
+    gamma: float = option(0.1, min=0.0)
+    # cosine and linear: final lr as a fraction of optim.lr
+    min_lr_ratio: float = option(0.0, min=0.0, max=1.0)
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig, *,

@@ -7,6 +7,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from common.errors import UserError
 from common.fusion import average_state_dicts, check_fusable, fuse, load_outputs, save_outputs
 from common.mix import MixBatch
 from common.rundir import RunDir
+from common.runlog import say
 from common.runtime import Salt, derive_seed, seed_everything, set_cpu_threads
 from common.task import Task
 from common.trainer import Callback, Trainer
@@ -97,9 +99,11 @@ def write_outputs(task: Task, test_data, outputs, out_dir: Path,
     if not distributed.is_main():
         return out_dir / task.submission_name
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the submission first: an invalid one (NaN, wrong rows) leaves no outputs behind either
+    submission = task.write_submission(test_data, outputs, out_dir / task.submission_name)
     save_outputs(RunDir(out_dir).outputs, outputs, task=task.name, kind=task.output_kind,
                  info={"task_state": task.state_dict(), **(info or {})})
-    return task.write_submission(test_data, outputs, out_dir / task.submission_name)
+    return submission
 
 
 def predict_and_write(task: Task, trainer: Trainer, test_data, run_dir: Path) -> Path:
@@ -109,11 +113,11 @@ def predict_and_write(task: Task, trainer: Trainer, test_data, run_dir: Path) ->
 
 
 def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | None = None,
-              resume: bool = False, callbacks: list[Callback] = ()) -> Trainer:
+              resume: bool = False, callbacks: list[Callback] = (), datasets=None) -> Trainer:
     """Fit preprocessing and a fresh model on train_idx, validate on valid_idx, and leave the
     weights chosen by predict.ckpt (best, or last: the final ones) in the returned trainer.
-    Without run_dir nothing is written."""
-    train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
+    Without run_dir nothing is written. `datasets`: (train, valid) made already."""
+    train_ds, valid_ds = datasets or task.make_datasets(train_data, train_idx, valid_idx)
     seed_everything(task.config["trainer"].seed)
     trainer = make_trainer(task, task.build_model(), run_dir, callbacks)
     log.info("%d train / %d valid items, device %s", len(train_ds),
@@ -121,8 +125,12 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
     if resume:
         trainer.restore(RunDir(run_dir).last)
     trainer.fit(train_ds, valid_ds)
-    if task.config["predict"].ckpt != "last":
+    which = task.config["predict"].ckpt
+    if which != "last":
         trainer.load_best()
+    if run_dir is not None:
+        weights = "the final weights" if which == "last" else f"{RunDir(run_dir).best}"
+        say(f"predicting with {weights} (predict.ckpt = {which!r})")
     return trainer
 
 
@@ -133,16 +141,20 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
     if not resume and RunDir(run_dir).last.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
+    RunDir(run_dir).check_writable()
     task = task_cls(config)
     set_cpu_threads(config["trainer"].threads)
     data_dir = data_dir_of(task)
     train_data = task.load_train(data_dir)
     test_data = task.load_test(data_dir)  # read before training: a bad file fails early
+    split = task.split(train_data)
+    datasets = task.make_datasets(train_data, *split)  # and a config that does not fit it
     with run_logging(run_dir):  # the run directory exists only once the data is valid
+        say(f"run directory: {run_dir}")
         if not resume and distributed.is_main():
             save_config(config, RunDir(run_dir).config)
-        trainer = fit_split(task, train_data, *task.split(train_data), run_dir=run_dir,
-                            resume=resume, callbacks=callbacks)
+        trainer = fit_split(task, train_data, *split, run_dir=run_dir, resume=resume,
+                            callbacks=callbacks, datasets=datasets)
         submission = predict_and_write(task, trainer, test_data, run_dir)
         log.info("submission written to %s", submission)
     return {"run_dir": run_dir, "submission": submission, "best": trainer.state.best,
@@ -165,10 +177,11 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     run_dir = Path(run_dir)
     config = load_run_config(task_cls, run_dir)
     if data_dir:
-        config["data"] = replace(config["data"], dir=str(data_dir))
+        config["data"] = replace(config["data"], dir=str(Path(data_dir).resolve()))
     if tta is not None:
         config["predict"] = replace(config["predict"], tta=tta)
-    state = load_checkpoint(RunDir(run_dir).checkpoint(ckpt or config["predict"].ckpt))
+    ckpt_path = RunDir(run_dir).checkpoint(ckpt or config["predict"].ckpt)
+    state = load_checkpoint(ckpt_path)
     task = task_cls(config)
     task.load_state_dict(state.get("task", {}))
     set_cpu_threads(config["trainer"].threads)
@@ -180,6 +193,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
         raise UserError(f"checkpoint does not fit the model of {RunDir(run_dir).config}: "
                         f"{str(exc).splitlines()[0]}") from None
     trainer = make_trainer(task, model, None)
+    say(f"predicting with {ckpt_path}")
     return predict_and_write(task, trainer, test_data, out_dir or run_dir)
 
 
@@ -193,16 +207,24 @@ def _member_config(task_cls: type[Task], member: Path) -> Config:
     raise UserError(f"{member}: no config.toml in it or above it; pass a run directory")
 
 
-def fuse_and_write(task: Task, test_data, members: list[Path], out_dir: Path, *,
-                   method: str | None = None, weights: list[float] | None = None) -> Path:
-    """Fuse the saved test outputs of members into out_dir's outputs and submission."""
-    saved = [load_outputs(m, task.name) for m in members]
+def fuse_members(task_cls: type[Task], members: list[Path], *, method: str | None = None,
+                 weights: list[float] | None = None) -> tuple[Any, dict]:
+    """The fused saved test outputs of members, and what was fused how; writes nothing."""
+    saved = [load_outputs(m, task_cls.name) for m in members]
     for member, out in zip(members, saved, strict=True):
-        check_fusable(out.get("kind", task.output_kind), f"{member}: runs of {task.name}")
-    fused = fuse([out["outputs"] for out in saved], kind=task.output_kind,
+        check_fusable(out.get("kind", task_cls.output_kind),
+                      f"{member}: runs of {task_cls.name}")
+    fused = fuse([out["outputs"] for out in saved], kind=task_cls.output_kind,
                  method=method or None, weights=weights)
     info = {"members": [str(m) for m in members], "method": method or "",
             "weights": [float(w) for w in weights or []]}
+    return fused, info
+
+
+def fuse_and_write(task: Task, test_data, members: list[Path], out_dir: Path, *,
+                   method: str | None = None, weights: list[float] | None = None) -> Path:
+    """Fuse the saved test outputs of members into out_dir's outputs and submission."""
+    fused, info = fuse_members(type(task), members, method=method, weights=weights)
     return write_outputs(task, test_data, fused, out_dir, info)
 
 
@@ -213,17 +235,19 @@ def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path,
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise UserError("ensemble needs at least two members (runs, folds or k-fold runs)")
-    first = load_outputs(members[0], task_cls.name)
-    check_fusable(first.get("kind", task_cls.output_kind), f"{members[0]}: runs of {task_cls.name}")
+    # everything is read and checked before anything is written
+    fused, info = fuse_members(task_cls, members, method=method, weights=weights)
+    RunDir(out_dir).check_writable()
     config = _member_config(task_cls, members[0])
     if data_dir:
-        config["data"] = replace(config["data"], dir=str(data_dir))
+        config["data"] = replace(config["data"], dir=str(Path(data_dir).resolve()))
     task = task_cls(config)
-    task.load_state_dict(first.get("task_state", {}))
+    task.load_state_dict(load_outputs(members[0], task_cls.name).get("task_state", {}))
     test_data = task.load_test(data_dir_of(task))
+    submission = write_outputs(task, test_data, fused, out_dir, info)
     if not RunDir(out_dir).config.exists():
         save_config(config, RunDir(out_dir).config)
-    return fuse_and_write(task, test_data, members, out_dir, method=method, weights=weights)
+    return submission
 
 
 def average_run(task_cls: type[Task], run_dir: str | Path, count: int, *,

@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
+
+from common.errors import UserError
 
 
 class RunDir:
@@ -30,6 +33,24 @@ class RunDir:
             k += 1
             path = base.with_name(f"{base.name}-{k}")
         return cls(path)
+
+    def check_writable(self, flag: str = "--out") -> None:
+        """Fail now, before any data is read or anything is made, when the run directory
+        cannot be created or written where it is asked for."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: exists and is not a folder; choose another {flag}")
+        ancestor = path
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise UserError(f"{path}: {ancestor} is a file, not a folder; choose another {flag}")
+        try:
+            with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".mlhw-probe-"):
+                pass
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write in {ancestor} ({exc.strerror}); choose "
+                            f"another {flag}") from None
 
     # files of every run
     config = property(lambda self: self.path / "config.toml")

@@ -11,9 +11,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common import distributed
 from common.io import write_csv_atomic, write_text_atomic
 
 log = logging.getLogger("mlhw")
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Print on rank 0 only (every process under torchrun runs the same command); the run's
+    log.txt gets it too."""
+    if distributed.is_main():
+        log.info(message)
+        print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def as_number(value: Any) -> Any:
@@ -54,7 +63,7 @@ class RunLog:
             self.rewrite_metrics(history)  # first row, or a new column
             return
         with open(self.run.metrics, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=fields).writerow(history[-1])
+            csv.DictWriter(fh, fieldnames=fields, lineterminator="\n").writerow(history[-1])
 
     # ---------------------------------------------------------------- steps.csv
     def add_step(self, row: dict[str, Any]) -> None:
@@ -75,7 +84,7 @@ class RunLog:
         fields = header or list(dict.fromkeys(k for row in rows for k in row))
         with open(path, "a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields, restval="", extrasaction="ignore",
-                                    lineterminator="\r\n")
+                                    lineterminator="\n")
             if header is None:
                 writer.writeheader()
             writer.writerows(rows)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import Config
+from common.config import Config, option
 from common.data import split_train_valid
 from common.errors import UserError
 from common.mix import MixConfig, classification_loss
@@ -24,25 +24,28 @@ class DataConfig:
     """Base of every task's [data] section."""
 
     dir: str = ""                     # data folder; --data and --demo set it
-    valid_ratio: float = 0.2          # used by tasks that split train into train/valid
+    # used by tasks that split train into train/valid
+    valid_ratio: float = option(0.2, min=0.0, below=1.0)
     split_seed: int = 0
 
 
 @dataclass
 class PredictConfig:
     ckpt: str = "best"                # best | last | a path to a checkpoint
-    tta: int = 0                      # test-time augmented views besides the plain one
-    tta_plain_weight: float = 0.5     # the plain view's weight; the views share the rest
+    tta: int = option(0, min=0)  # test-time augmented views besides the plain one
+    # the plain view's weight; the views share the rest
+    tta_plain_weight: float = option(0.5, min=0.0, max=1.0)
 
 
 @dataclass
 class KFoldConfig:
-    folds: int = 5
-    split: str = "auto"               # auto | kfold | stratified | group (auto: group when the
-                                      # task has groups, stratified for classes, else kfold)
+    folds: int = option(5, min=2)
+    # auto | kfold | stratified | group (auto: group when the task has groups, stratified for
+    # classes, else kfold)
+    split: str = option("auto", choices=("auto", "kfold", "stratified", "group"))
     seed: int = 0                     # shuffles the folds
-    method: str = ""                  # fusion of the fold models: mean-prob (default),
-                                      # mean-logit or vote; regression: mean
+    # fusion of the fold models: mean-prob (default), mean-logit or vote; regression: mean
+    method: str = option("", choices=("", "mean-prob", "mean-logit", "vote", "mean"))
     vary_seed: bool = True            # fold k trains with trainer.seed + k - 1
 
 
@@ -55,6 +58,8 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
+    demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
+                                          # summary a --demo run ends with
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
                                             # dim) | spans (per item {span: score}): fusable;
                                             # any other name (text, tokens, images) is not
@@ -132,6 +137,11 @@ class Task(Objective):
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
         raise NotImplementedError
+
+    @classmethod
+    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+        """The submission's score against the demo data's answer key, if it has one."""
+        return None
 
 
 class ClassificationTask(Task):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common import distributed
 from common.batches import to_device
 from common.checkpoint import CheckpointManager, load_checkpoint
+from common.config import option
 from common.data import build_loader, supports_batched_indexing
 from common.errors import UserError
 from common.evaluation import collect
@@ -52,38 +53,38 @@ __all__ = ["Callback", "Objective", "OptimizerSpec", "TrainState", "Trainer", "T
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 0          # 0: same as batch_size
-    accum_steps: int = 1              # micro-batches per update; the update equals the big batch
-    clip_grad_norm: float = 0.0       # 0: no clipping
+    epochs: int = option(10, min=1)
+    batch_size: int = option(64, min=1)
+    eval_batch_size: int = option(0, min=0)  # 0: same as batch_size
+    accum_steps: int = option(1, min=1)  # micro-batches per update; the update equals the big batch
+    clip_grad_norm: float = option(0.0, min=0.0)  # 0: no clipping
     log_grad_norm: bool = True        # the gradient norm of every update (steps.csv, and its
                                       # mean per evaluation in metrics.csv)
     drop_last: bool = False           # drop the last short training batch of each epoch
-    eval_every_steps: int = 0         # 0: validate at the end of every epoch
+    eval_every_steps: int = option(0, min=0)  # 0: validate at the end of every epoch
     monitor: str = "valid_loss"       # metric for best.pt and early stopping
-    mode: str = "min"                 # min | max
-    patience: int = 0                 # evaluations without improvement before stopping; 0: off
-    min_delta: float = 0.0
-    save_every_epochs: int = 1        # write last.pt every N epochs (and at the end)
-    ckpt_every_steps: int = 0         # also write last.pt every N updates; 0: off
+    mode: str = option("min", choices=("min", "max"))  # min | max
+    patience: int = option(0, min=0)  # evaluations without improvement before stopping; 0: off
+    min_delta: float = option(0.0, min=0.0)
+    save_every_epochs: int = option(1, min=1)  # write last.pt every N epochs (and at the end)
+    ckpt_every_steps: int = option(0, min=0)  # also write last.pt every N updates; 0: off
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True                  # mixed precision on CUDA (bf16 if supported, else fp16)
     channels_last: bool = False       # on CUDA, NHWC memory format for the model and 4-D inputs
     sync_batchnorm: bool = False      # under torchrun on CUDA: BatchNorm statistics over all ranks
-    num_workers: int = 0
-    threads: int = 0                  # CPU threads; 0: all cores available to the process
-    print_every_evals: int = 1        # print every Nth evaluation line (all go to log.txt)
+    num_workers: int = option(0, min=0)
+    threads: int = option(0, min=0)  # CPU threads; 0: all cores available to the process
+    print_every_evals: int = option(1, min=1)  # print every Nth evaluation line (all go to log.txt)
     ema: bool = False                 # keep an exponential moving average of the weights; it is
                                       # what gets evaluated, saved as best.pt and predicted with
-    ema_decay: float = 0.999
+    ema_decay: float = option(0.999, min=0.0, max=1.0)
     ema_model: str = ""               # which named model the EMA follows ("": the whole model)
-    keep_checkpoints: int = 0         # keep the weights of the last N evaluations as
-                                      # checkpoints/step-*.pt (for `average`); 0: none
-    keep_best_checkpoints: int = 0    # also keep the N best by the monitored metric
-    max_batches_per_epoch: int = 0    # for dry runs; 0: all
-    max_eval_batches: int = 0         # for dry runs; 0: all
+    # keep the weights of the last N evaluations as checkpoints/step-*.pt (for `average`)
+    keep_checkpoints: int = option(0, min=0)
+    keep_best_checkpoints: int = option(0, min=0)  # also keep the N best by the monitored metric
+    max_batches_per_epoch: int = option(0, min=0)  # for dry runs; 0: all
+    max_eval_batches: int = option(0, min=0)  # for dry runs; 0: all
 
 
 class Callback:

@@ -29,10 +29,18 @@ def test_defaults_file_and_overrides(tmp_path):
     assert cfg["trainer"].epochs == 7 and cfg["trainer"].batch_size == TrainerConfig().batch_size
 
 
-def test_int_widens_to_float_but_not_the_reverse():
+def test_int_widens_to_float_but_not_the_reverse(tmp_path):
     assert load_config(SCHEMA, None, ["optim.lr=1"])["optim"].lr == 1.0
-    with pytest.raises(UserError, match="trainer.epochs: expected an integer"):
+    with pytest.raises(UserError, match=r"^--set trainer.epochs=1.5: expected an integer"):
         load_config(SCHEMA, None, ["trainer.epochs=1.5"])
+    path = tmp_path / "c.toml"
+    path.write_text("[trainer]\nepochs = 1.5\n")
+    with pytest.raises(UserError, match=r"c.toml: trainer.epochs: expected an integer"):
+        load_config(SCHEMA, path)
+    path.write_text("[trainer]\nepochs = 0\n")   # in range, checked with the key and file
+    with pytest.raises(UserError, match=r"c.toml: trainer.epochs: 0 must be at least 1"):
+        load_config(SCHEMA, path)
+    assert load_config(SCHEMA, path, ["trainer.epochs=2"])["trainer"].epochs == 2
     with pytest.raises(UserError, match="expected true or false"):
         load_config(SCHEMA, None, ["trainer.amp=1"])
 

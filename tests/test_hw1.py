@@ -177,6 +177,13 @@ def test_demo_flag_writes_demo_data_once(tmp_path):
     assert result.returncode == 0, result.stderr
     written = tmp_path / "data" / "demo" / "hw1" / "covid.train.csv"
     assert written.is_file()
+    # the summary: where the data and the run are, the score on the demo's answer key
+    assert f"demo data: {written.parent}" in result.stdout
+    assert f"run: {tmp_path / 'r'}" in result.stdout or "run: " in result.stdout
+    score = [line for line in result.stdout.splitlines() if line.startswith("demo test score")]
+    assert len(score) == 1 and "mse" in score[0] and "the course sample: mse" in score[0]
+    assert float(score[0].split("mse ")[1].split(";")[0]) > 0
+    assert "next:" in result.stdout
     stamp = written.stat().st_mtime_ns
     again = run_cli("hw1", "train", "--demo", "--dry-run", "--out", str(tmp_path / "r2"),
                     cwd=tmp_path)

@@ -41,9 +41,11 @@ def test_average_and_ensemble_commands(tmp_path, hw1_demo):
     expected = 0.75 * outputs(run) + 0.25 * outputs(run / "average-last2")
     assert torch.allclose(outputs(mixed), expected, atol=1e-6)
 
-    vote = run_cli("hw1", "ensemble", str(run), str(mixed), "--method", "vote")
+    never = ["--out", str(tmp_path / "never")]
+    vote = run_cli("hw1", "ensemble", str(run), str(mixed), "--method", "vote", *never)
     assert vote.returncode == 2 and "regression" in vote.stderr
-    missing = run_cli("hw1", "ensemble", str(run), str(tmp_path / "nope"))
+    missing = run_cli("hw1", "ensemble", str(run), str(tmp_path / "nope"), *never)
     assert missing.returncode == 2 and "no saved test outputs" in missing.stderr
-    weights = run_cli("hw1", "ensemble", str(run), str(mixed), "--weights", "1")
+    weights = run_cli("hw1", "ensemble", str(run), str(mixed), "--weights", "1", *never)
     assert weights.returncode == 2 and "one per member" in weights.stderr
+    assert not (tmp_path / "never").exists()  # nothing is made before the inputs are checked

@@ -22,6 +22,7 @@ from common.errors import UserError
 TRAIN_NAMES = ("covid.train.csv", "covid.train_new.csv", "covid_train.csv")
 TEST_NAMES = ("covid.test.csv", "covid.test_un.csv", "covid_test.csv")
 TARGET_BASE = "tested_positive"
+DEMO_ANSWERS = "demo_test_answers.csv"   # the demo test set's targets, for `--demo` scores
 
 
 @dataclass
@@ -105,13 +106,14 @@ def read_table(path: Path, *, has_target: bool) -> CovidTable:
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         cell = stripped.iat[row, col]
-        what = "is empty (NaN)" if cell.lower() in ("", "nan", "na", "null") else \
-            f"is not a number ({cell!r})"
-        raise UserError(f"{path}: row {row + 2}, column {header[col]!r} {what}; fix or "
+        what = "is empty" if cell == "" else "is NaN" if cell.lower() in ("nan", "na", "null") \
+            else f"is not a number ({cell!r})"
+        raise UserError(f"{path}: line {row + 2}, column {header[col]!r} {what}; fix or "
                         "re-download the file")
     if not np.all(np.isfinite(values)):
         row, col = map(int, np.argwhere(~np.isfinite(values))[0])
-        raise UserError(f"{path}: row {row + 2}, column {header[col]!r} is infinite")
+        raise UserError(f"{path}: line {row + 2}, column {header[col]!r} is infinite; fix or "
+                        "re-download the file")
     if has_target:
         target_names = [n for n in names if n == TARGET_BASE or n.endswith(f".{TARGET_BASE}")]
         if not target_names or names[-1] != target_names[-1]:
@@ -198,4 +200,8 @@ def write_demo_data(dest: Path, *, n_train: int = 2699, n_test: int = 1078, seed
                 cells = [str(int(v)) for v in row[:len(STATES)]] + \
                     [f"{v:.7g}" for v in row[len(STATES):cols - 1]]
                 writer.writerow([str(int(i)), *cells])
+    with open(dest / DEMO_ANSWERS, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", TARGET_BASE])
+        writer.writerows([i, f"{v:.7g}"] for i, v in enumerate(table[n_train:, -1]))
     return dest

@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.feature_selection import SelectKBest, f_regression, mutual_info_regression
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from common.config import option
 from common.data import as_float_tensor
 from common.errors import UserError
-from common.models import build_mlp
+from common.models import ACTIVATIONS, build_mlp
 from common.submission import write_submission
 from common.task import DataConfig, Task
 from hw.hw1_covid import data as covid
@@ -22,12 +24,12 @@ from hw.hw1_covid import data as covid
 
 @dataclass
 class CovidDataConfig(DataConfig):
-    valid_ratio: float = 0.2
+    valid_ratio: float = option(0.2, min=0.0, below=1.0)
     split_seed: int = 5201314
-    features: str = "all"             # all | list | kbest
+    features: str = option("all", choices=("all", "list", "kbest"))
     feature_list: list[str] = field(default_factory=list)  # names or globs, e.g. "d*.cli"
-    k: int = 16                       # kbest: how many features
-    score: str = "f_regression"       # kbest: f_regression | mutual_info
+    k: int = option(16, min=1)        # kbest: how many features
+    score: str = option("f_regression", choices=("f_regression", "mutual_info"))  # kbest
     include_id: bool = False          # the course sample feeds the id column too
     include_states: bool = True
     normalize: bool = True            # standardise with training-split statistics
@@ -35,9 +37,9 @@ class CovidDataConfig(DataConfig):
 
 @dataclass
 class CovidModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [16, 8])
-    activation: str = "relu"
-    dropout: float = 0.0
+    hidden: list[int] = option(factory=lambda: [16, 8], min=1)
+    activation: str = option("relu", choices=tuple(ACTIVATIONS))
+    dropout: float = option(0.0, min=0.0, below=1.0)
     batchnorm: bool = False
 
 
@@ -49,6 +51,7 @@ class CovidTask(Task):
     submission_name = "pred.csv"
     download_hint = "kaggle competitions download -c ml2022spring-hw1"
     header = ("id", "tested_positive")
+    demo_baseline = "mse 0.239 (configs/hw1_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)
@@ -151,3 +154,12 @@ class CovidTask(Task):
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
         return covid.write_demo_data(Path(dest))
+
+    @classmethod
+    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+        key = Path(data_dir) / covid.DEMO_ANSWERS
+        if not key.is_file():
+            return None
+        truth = pd.read_csv(key)[covid.TARGET_BASE].to_numpy()
+        got = pd.read_csv(submission)[cls.header[1]].to_numpy()
+        return {"mse": float(np.mean((got - truth) ** 2))}

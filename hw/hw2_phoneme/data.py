@@ -68,7 +68,7 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
 def load_feature(path: Path, utt: str) -> torch.Tensor:
     feat = load_torch_file(path, missing=f"missing feature file for utterance {utt}",
                            unreadable=f"unreadable feature file for utterance {utt} "
-                           "({reason}); download the data again")
+                           "(truncated or not a tensor); download the data again")
     if not isinstance(feat, torch.Tensor) or feat.dim() != 2 or feat.shape[1] != FEAT_DIM \
             or not feat.is_floating_point() or feat.shape[0] == 0:
         what = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.config import option
 from common.errors import UserError
-from common.models import build_mlp
+from common.models import ACTIVATIONS, build_mlp
 from common.submission import write_submission
 from common.task import ClassificationTask, DataConfig
 from hw.hw2_phoneme import data as phone
@@ -19,22 +20,23 @@ from hw.hw2_phoneme import data as phone
 
 @dataclass
 class PhonemeDataConfig(DataConfig):
-    valid_ratio: float = 0.2          # of the utterances (the course: 80/20)
+    valid_ratio: float = option(0.2, min=0.0, below=1.0)  # of the utterances (the course: 80/20)
     split_seed: int = 1337            # the course shuffles train_split.txt with random.seed(1337)
-    concat_nframes: int = 1           # n (odd): frame t sees frames t-(n-1)/2 .. t+(n-1)/2
+    concat_nframes: int = option(1, min=1)  # n (odd): frame t sees frames t-(n-1)/2 .. t+(n-1)/2
 
 
 @dataclass
 class PhonemeModelConfig:
-    arch: str = "mlp"                 # mlp | lstm | gru (bidirectional, over the window)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp widths / rnn head
-    activation: str = "relu"
-    dropout: float = 0.0
+    # mlp | lstm | gru (bidirectional, over the window)
+    arch: str = option("mlp", choices=("mlp", "lstm", "gru"))
+    hidden: list[int] = option(factory=lambda: [256, 256], min=1)  # mlp widths / rnn head
+    activation: str = option("relu", choices=tuple(ACTIVATIONS))
+    dropout: float = option(0.0, min=0.0, below=1.0)
     batchnorm: bool = False
-    rnn_hidden: int = 256             # per direction
-    rnn_layers: int = 2
-    rnn_dropout: float = 0.0
-    label_smoothing: float = 0.0
+    rnn_hidden: int = option(256, min=1)  # per direction
+    rnn_layers: int = option(2, min=1)
+    rnn_dropout: float = option(0.0, min=0.0, below=1.0)
+    label_smoothing: float = option(0.0, min=0.0, below=1.0)
 
 
 class WindowRNN(nn.Module):

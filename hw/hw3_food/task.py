@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torchvision
 from PIL import Image
@@ -14,6 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.transforms import v2
 
+from common.config import option
 from common.data import split_train_valid
 from common.errors import UserError
 from common.images import ImageDataset, channel_stats
@@ -25,10 +27,13 @@ from hw.hw3_food import data as food
 
 @dataclass
 class FoodDataConfig(DataConfig):
-    split: str = "given"              # given: training/ vs validation/ | random: valid_ratio
-    image_size: int = 128             # model input, pixels per side
-    cache_size: int = 0               # side of the decoded cache (>= image_size); 0: image_size
-    resize: str = "squash"            # squash: (s, s) like the course | crop: centre square
+    # given: training/ vs validation/ | random: valid_ratio
+    split: str = option("given", choices=("given", "random"))
+    image_size: int = option(128, min=8)  # model input, pixels per side
+    # side of the decoded cache (>= image_size); 0: image_size
+    cache_size: int = option(0, min=0)
+    # squash: (s, s) like the course | crop: centre square
+    resize: str = option("squash", choices=("squash", "crop"))
     cache_dir: str = ".cache/images"  # where decoded caches are kept; "": memory only
     decode_workers: int = 0           # threads decoding JPEGs; 0: one per core
     skip_bad_images: bool = False     # unreadable files: error, or skip them with a warning
@@ -36,13 +41,13 @@ class FoodDataConfig(DataConfig):
     augment: bool = True              # the training transforms below; false: centre view only
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])  # RandomResizedCrop
     flip: bool = True
-    rotation: float = 0.0             # degrees, random in [-r, r]
-    color_jitter: float = 0.0         # brightness = contrast = saturation jitter
-    policy: str = "none"              # none | trivial | auto | rand (TrivialAugmentWide,
-                                      # AutoAugment ImageNet policy, RandAugment)
+    rotation: float = option(0.0, min=0.0)  # degrees, random in [-r, r]
+    color_jitter: float = option(0.0, min=0.0)  # brightness = contrast = saturation jitter
+    # none | trivial | auto | rand (TrivialAugmentWide, AutoAugment ImageNet policy, RandAugment)
+    policy: str = option("none", choices=("none", "trivial", "auto", "rand"))
     rand_ops: int = 2                 # RandAugment num_ops
     rand_magnitude: int = 9           # RandAugment magnitude
-    erasing: float = 0.0              # RandomErasing probability
+    erasing: float = option(0.0, min=0.0, max=1.0)  # RandomErasing probability
     tta_crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])  # TTA views: a
                                       # random resized crop of this area and a flip, no colour
 
@@ -54,10 +59,11 @@ class FoodModelConfig:
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # resnet stages
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     bottleneck: bool = False
-    stem: str = "conv3"               # conv3: 3x3 stride 1 | conv3s2: stride 2 | imagenet: 7x7
-                                      # stride 2 + max pool (torchvision resnets accept all three)
-    dropout: float = 0.0              # before the classifier
-    label_smoothing: float = 0.0
+    # conv3: 3x3 stride 1 | conv3s2: stride 2 | imagenet: 7x7 stride 2 + max pool
+    # (torchvision resnets accept all three)
+    stem: str = option("conv3", choices=("conv3", "conv3s2", "imagenet"))
+    dropout: float = option(0.0, min=0.0, below=1.0)  # before the classifier
+    label_smoothing: float = option(0.0, min=0.0, below=1.0)
 
 
 class Normalize(nn.Module):
@@ -143,6 +149,7 @@ class FoodTask(ClassificationTask):
     download_hint = "kaggle competitions download -c ml2022spring-hw3b"
     num_classes = food.N_CLASSES
     header = ("Id", "Category")
+    demo_baseline = "acc 0.091 (configs/hw3_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)
@@ -264,3 +271,12 @@ class FoodTask(ClassificationTask):
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
         return food.write_demo_data(Path(dest))
+
+    @classmethod
+    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+        key = Path(data_dir) / food.DEMO_TEST_LABELS
+        if not key.is_file():
+            return None
+        truth = pd.read_csv(key, dtype={"Id": str})
+        got = pd.read_csv(submission, dtype={"Id": str})
+        return {"acc": float((got["Category"] == truth["Category"]).mean())}
