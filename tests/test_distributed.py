@@ -32,24 +32,39 @@ from common import distributed
 from common.config import load_config
 from common.pipeline import train_run
 from common.trainer import Callback
-from hw.hw1_covid.task import CovidTask
+from {module} import {task} as TaskClass
 
 distributed.init_from_env()
 rank = distributed.rank()
 
 class Record(Callback):
     def on_step_end(self, trainer):
-        flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-        digest = hashlib.sha1(flat.numpy().tobytes()).hexdigest()
+        line = [str(trainer.state.step)]
+        for part in {parts!r}:
+            module = trainer.model[part] if part else trainer.model
+            flat = torch.cat([p.detach().flatten() for p in module.parameters()])
+            line.append(hashlib.sha1(flat.numpy().tobytes()).hexdigest())
         with open(os.path.join({log!r}, f"rank{{rank}}.txt"), "a") as fh:
-            fh.write(f"{{trainer.state.step}} {{digest}}\\n")
+            fh.write(" ".join(line) + "\\n")
         if trainer.state.step == {kill} and rank == 1:
             os._exit(17)  # one rank dies without cleanup
 
-config = load_config(CovidTask.schema(), {config!r}, {overrides!r})
-train_run(CovidTask, config, {run!r}, callbacks=[Record()])
+config = load_config(TaskClass.schema(), {config!r}, {overrides!r})
+train_run(TaskClass, config, {run!r}, callbacks=[Record()])
 distributed.shutdown()
 """
+
+
+def run_child(script: Path, *, task: str, run: Path, log: Path, overrides: list[str],
+              config: str | None = None, kill: int = -1, parts=("",)):
+    """Train `task` ("module:Class") under torchrun with 2 processes; each rank writes
+    "step hash(part)..." after every update to log/rank<r>.txt (part "": the whole model)."""
+    module, cls = task.split(":")
+    log.mkdir(exist_ok=True)
+    script.write_text(CHILD.format(root=str(ROOT), module=module, task=cls, log=str(log),
+                                   kill=kill, config=config, overrides=overrides, run=str(run),
+                                   parts=tuple(parts)))
+    return torchrun(str(script))
 
 
 def torchrun(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -60,11 +75,8 @@ def torchrun(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 
 
 def child(tmp_path, run, log, kill=-1) -> subprocess.CompletedProcess:
-    log.mkdir(exist_ok=True)
-    script = tmp_path / f"child-{run.name}.py"
-    script.write_text(CHILD.format(root=str(ROOT), log=str(log), kill=kill, config=CONFIG,
-                                   overrides=OVERRIDES_DEMO, run=str(run)))
-    return torchrun(str(script))
+    return run_child(tmp_path / f"child-{run.name}.py", task="hw.hw1_covid.task:CovidTask",
+                     run=run, log=log, overrides=OVERRIDES_DEMO, config=CONFIG, kill=kill)
 
 
 OVERRIDES_DEMO: list[str] = []

@@ -210,45 +210,13 @@ def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
         assert (straight / name).read_text() == (killed / name).read_text(), name
 
 
-CHILD = """
-import hashlib, os, sys
-sys.path.insert(0, {root!r})
-import torch
-from common import distributed
-from common.config import load_config
-from common.pipeline import train_run
-from common.trainer import Callback
-from tests.test_toy_gan import ToyGanTask
-
-distributed.init_from_env()
-rank = distributed.rank()
-
-class Record(Callback):
-    def on_step_end(self, trainer):
-        line = [str(trainer.state.step)]
-        for name in ("G", "D"):
-            flat = torch.cat([p.detach().flatten() for p in trainer.model[name].parameters()])
-            line.append(hashlib.sha1(flat.numpy().tobytes()).hexdigest())
-        with open(os.path.join({log!r}, f"rank{{rank}}.txt"), "a") as fh:
-            fh.write(" ".join(line) + "\\n")
-
-config = load_config(ToyGanTask.schema(), None, {overrides!r})
-train_run(ToyGanTask, config, {run!r}, callbacks=[Record()])
-distributed.shutdown()
-"""
-
-
 def test_the_gan_under_torchrun_keeps_both_ranks_identical(ring, tmp_path):
-    from tests.conftest import ROOT
-    from tests.test_distributed import torchrun
+    from tests.test_distributed import run_child
 
     log = tmp_path / "log"
-    log.mkdir()
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(root=str(ROOT), log=str(log), run=str(tmp_path / "run"),
-                                   overrides=[*SETTINGS, f'data.dir="{ring}"',
-                                              "trainer.epochs=2"]))
-    res = torchrun(str(script))
+    res = run_child(tmp_path / "child.py", task="tests.test_toy_gan:ToyGanTask",
+                    run=tmp_path / "run", log=log, parts=("G", "D"),
+                    overrides=[*SETTINGS, f'data.dir="{ring}"', "trainer.epochs=2"])
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [(log / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)]
     # 1600 training points, 800 per rank, batches of 100: 8 updates per epoch
