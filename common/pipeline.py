@@ -136,7 +136,8 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
 
 def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bool = False,
               callbacks: list[Callback] = ()) -> dict:
-    """Train, then predict the test set with the best checkpoint. Returns paths and metrics."""
+    """Train, then predict the test set with the checkpoint predict.ckpt names (best unless it
+    says last). Returns paths and metrics."""
     run_dir = Path(run_dir)
     if not resume and RunDir(run_dir).last.exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
