@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,9 +59,11 @@ def _add_train_parser(sub, task_name: str, action: str, help: str, description: 
     return p
 
 
-def _add_task_parser(sub, name: str, title: str) -> None:
+def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     p = sub.add_parser(name, help=title, description=title)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for command, (help_text, _) in commands.items():  # the homework's own actions
+        actions.add_parser(command, help=help_text)  # listed in --help; run by _command
     _add_train_parser(actions, name, "train",
                       "train, then predict the test set with the best checkpoint",
                       "Train a model and write the submission into the run directory.")
@@ -114,7 +117,8 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     sub = parser.add_subparsers(dest="task", required=True, metavar="COMMAND")
     sub.add_parser("list", help="list the homeworks")
     for name in tasks:
-        _add_task_parser(sub, name, titles.get(name, name))
+        _add_task_parser(sub, name, titles.get(name, name),
+                         getattr(tasks[name], "commands", {}))
     return parser
 
 
@@ -215,6 +219,9 @@ def demo_summary(task_cls: type[Task], data_dir: Path, run_dir: Path, submission
 
 def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
     titles = {name: getattr(loader, "title", name) for name, loader in tasks.items()}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[1] in getattr(tasks.get(argv[0]), "commands", {}):
+        return _command(tasks, argv)  # a homework's own action parses its own options
     args = build_parser(tasks, titles).parse_args(argv)
     distributed.init_from_env()  # under torchrun: join the process group
     try:
@@ -265,6 +272,16 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
         print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
         return 130
     return 1
+
+
+def _command(tasks: TaskRegistry, argv: list[str]) -> int:
+    """Run `<hw> <command> ...` with the homework's function(argv), argv[0] its program."""
+    module, function = tasks[argv[0]].commands[argv[1]][1].split(":")
+    run = getattr(importlib.import_module(module), function)
+    try:
+        return run([f"{command_name()} {argv[0]} {argv[1]}", *argv[2:]])
+    except UserError as exc:
+        return _report(exc)
 
 
 def _report(exc: UserError) -> int:

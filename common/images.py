@@ -11,7 +11,6 @@ a whole batch is gathered and centre-cropped in one step. Pillow is imported on 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.errors import UserError, warn_user
-from common.io import atomic_write
+from common.io import atomic_write, files_key
 from common.runtime import derive_seed, torch_seeded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -71,11 +70,7 @@ class CachedImages:
 
 def cache_key(files: Sequence[Path], size: int, resize: str) -> str:
     """Changes whenever a file is added, removed, renamed, rewritten or the settings change."""
-    digest = hashlib.sha1(json.dumps([CACHE_VERSION, size, resize]).encode())
-    for f in files:
-        st = os.stat(f)
-        digest.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return files_key(files, CACHE_VERSION, size, resize)
 
 
 def _unreadable(path: Path, reason: str) -> UserError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,3 +43,13 @@ def write_csv_atomic(path: str | Path, header: Sequence[str],
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path) as fh:
         fh.write(text)
+
+
+def files_key(files: Iterable[str | Path], *settings) -> str:
+    """A cache key that changes whenever a file is added, removed, renamed or rewritten (its
+    size or modification time), or a setting changes."""
+    digest = hashlib.sha1(json.dumps(list(settings)).encode())
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]

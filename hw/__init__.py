@@ -6,10 +6,11 @@ import importlib
 
 
 class LazyTask:
-    """Imports a homework's task class only when that homework is used."""
+    """Imports a homework's task class only when that homework is used. `commands`: extra
+    actions of this homework, name -> (help, "module:function(argv) -> int")."""
 
-    def __init__(self, title: str, target: str):
-        self.title, self.target = title, target
+    def __init__(self, title: str, target: str, commands: dict[str, tuple[str, str]] | None = None):
+        self.title, self.target, self.commands = title, target, commands or {}
 
     def __call__(self):
         module, cls = self.target.split(":")
@@ -23,4 +24,8 @@ TASKS = {
                     "hw.hw2_phoneme.task:PhonemeTask"),
     "hw3": LazyTask("HW3 Food-11 image classification (ml2022spring-hw3b)",
                     "hw.hw3_food.task:FoodTask"),
+    "hw4": LazyTask("HW4 speaker identification (ml2022spring-hw4)",
+                    "hw.hw4_speaker.task:SpeakerTask",
+                    {"featurize": ("turn your own audio into the course's Dataset/ layout",
+                                   "hw.hw4_speaker.data:featurize_command")}),
 }
