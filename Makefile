@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw1_kfold.py
 	$(PY) scripts/bench/hw2_pipeline.py
 	$(PY) scripts/bench/hw3_pipeline.py
+	$(PY) scripts/bench/hw4_pipeline.py
 
 clean:
 	rm -rf $(VENV) runs
