@@ -203,3 +203,22 @@ def test_recipes_on_demo_voices(demo, tmp_path):
            "ours": demo_accuracy(ours["run_dir"], demo)}
     print(acc)
     assert acc["sample"] > 0.4 and acc["ours"] > acc["sample"]   # measured 0.644 and 0.666
+
+
+def test_kfold_dry_run_with_test_time_crops_writes_the_submission(demo, tmp_path):
+    from common.kfold import kfold_run
+    from common.pipeline import dry_run_config
+
+    cfg = dry_run_config(config(demo, tmp_path, overrides=[
+        "kfold.folds=2", "predict.tta=2", "data.tta_crop=64", "model.d_model=32"]))
+    result = kfold_run(SpeakerTask, cfg, tmp_path / "kf")
+    rows = pd.read_csv(result["submission"])
+    truth = pd.read_csv(demo / speech.DEMO_ANSWERS)
+    assert list(rows["Id"]) == list(truth["Id"]) and rows["Category"].isin(
+        speech.load_speakers(speech.find_root(demo))).all()
+    folds = pd.read_csv(tmp_path / "kf" / "folds.csv")
+    labels = speech.load_train(demo).labels
+    for k in (1, 2):  # stratified by speaker: every speaker in both folds, 8 and 8
+        assert np.bincount(labels[folds["fold"] == k], minlength=40).tolist() == [8] * 40
+    fused = torch.load(tmp_path / "kf" / "test_outputs.pt", weights_only=True)["outputs"]
+    assert fused.shape == (320, 40)
