@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -58,6 +59,7 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
+    demo_answers: ClassVar[str] = ""      # the demo test set's answer key, beside the data
     demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
                                           # summary a --demo run ends with
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
@@ -140,8 +142,16 @@ class Task(Objective):
 
     @classmethod
     def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
-        """The submission's score against the demo data's answer key, if it has one."""
-        return None
+        """The submission's score against the demo data's answer key (`demo_answers`, a file
+        beside the data in the submission's format): mse for values, accuracy otherwise."""
+        key = Path(data_dir) / cls.demo_answers
+        if not cls.demo_answers or not key.is_file():
+            return None
+        truth = pd.read_csv(key, dtype=str).iloc[:, 1]
+        got = pd.read_csv(submission, dtype=str).iloc[:, 1]
+        if cls.output_kind == "values":
+            return {"mse": float(((got.astype(float) - truth.astype(float)) ** 2).mean())}
+        return {"acc": float((got == truth).mean())}
 
 
 class ClassificationTask(Task):
