@@ -23,6 +23,41 @@ def split_train_valid(n: int, valid_ratio: float, seed: int) -> tuple[np.ndarray
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 
+def share_size(n: int, rank: int, world: int, even: bool) -> int:
+    """How many of n units (items or batches) rank takes: ceil(n / world) when `even`
+    (padded by repetition), else its contiguous block."""
+    per_rank = math.ceil(n / world)
+    if even or world == 1:
+        return per_rank
+    return max(0, min(n, (rank + 1) * per_rank) - rank * per_rank)
+
+
+def rank_share(units, rank: int, world: int, even: bool):
+    """This rank's share of a sequence (a tensor or a list) all ranks hold in the same order:
+    with `even`, DistributedSampler's scheme (padded by repeating the first units, every
+    world-th unit from `rank`); without it the rank-th contiguous block, nothing repeated, so
+    the shares joined in rank order give the sequence back."""
+    if world == 1:
+        return units
+    n, per_rank = len(units), math.ceil(len(units) / world)
+    if not even:
+        return units[rank * per_rank:(rank + 1) * per_rank]
+    repeats = math.ceil(per_rank * world / max(n, 1))
+    padded = units.repeat(repeats) if isinstance(units, torch.Tensor) else units * repeats
+    return padded[:per_rank * world][rank::world]
+
+
+def split_like_random_split(n: int, valid_ratio: float, seed: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The split torch.utils.data.random_split([int((1 - r) n), rest]) draws right after
+    torch.manual_seed(seed), as course samples do; each part sorted."""
+    if not 0.0 <= valid_ratio < 1.0:
+        raise UserError(f"data.valid_ratio={valid_ratio} must be in [0, 1)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_train = int((1.0 - valid_ratio) * n)
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
 class EpochBatchSampler(Sampler):
     """Batches of indices; the permutation depends only on (seed, epoch). `start_batch` skips the
     batches a resumed run has already consumed, without touching the data.
@@ -42,9 +77,7 @@ class EpochBatchSampler(Sampler):
         self.drop_last, self.as_tensor = drop_last, as_tensor
         self.rank, self.world, self.even = rank, world, even
         self.epoch, self.start_batch = 0, 0
-        per_rank = math.ceil(n / world)
-        self.local_n = per_rank if even or world == 1 else \
-            max(0, min(n, (rank + 1) * per_rank) - rank * per_rank)
+        self.local_n = share_size(n, rank, world, even)
 
     @property
     def in_order(self) -> bool:
@@ -74,13 +107,7 @@ class EpochBatchSampler(Sampler):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        if self.world == 1:
-            return order
-        per_rank = math.ceil(self.n / self.world)
-        if not self.even:
-            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        padded = order.repeat(math.ceil(per_rank * self.world / max(self.n, 1)))
-        return padded[:per_rank * self.world][self.rank::self.world]
+        return rank_share(order, self.rank, self.world, self.even)
 
     def __iter__(self):
         order = self._order()
@@ -140,21 +167,10 @@ class LengthBatchSampler(Sampler):
         if self.shuffle:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-        if self.world == 1:
-            return batches
-        per_rank = math.ceil(len(batches) / self.world)
-        if not self.even:
-            return batches[self.rank * per_rank:(self.rank + 1) * per_rank]
-        padded = (batches * math.ceil(per_rank * self.world / max(len(batches), 1)))
-        return padded[:per_rank * self.world][self.rank::self.world]
+        return rank_share(batches, self.rank, self.world, self.even)
 
     def num_batches(self) -> int:
-        n = len(self.batches)
-        if self.world == 1:
-            return n
-        per_rank = math.ceil(n / self.world)
-        return per_rank if self.even else max(0, min(n, (self.rank + 1) * per_rank)
-                                               - self.rank * per_rank)
+        return share_size(len(self.batches), self.rank, self.world, self.even)
 
     def __len__(self) -> int:
         return max(0, self.num_batches() - self.start_batch)

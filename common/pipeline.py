@@ -209,8 +209,9 @@ def _member_config(task_cls: type[Task], member: Path) -> Config:
 
 
 def fuse_members(task_cls: type[Task], members: list[Path], *, method: str | None = None,
-                 weights: list[float] | None = None) -> tuple[Any, dict]:
-    """The fused saved test outputs of members, and what was fused how; writes nothing."""
+                 weights: list[float] | None = None) -> tuple[Any, dict, dict]:
+    """The fused saved test outputs of members, what was fused how, and the first member's
+    task state; writes nothing."""
     saved = [load_outputs(m, task_cls.name) for m in members]
     for member, out in zip(members, saved, strict=True):
         check_fusable(out.get("kind", task_cls.output_kind),
@@ -219,13 +220,13 @@ def fuse_members(task_cls: type[Task], members: list[Path], *, method: str | Non
                  method=method or None, weights=weights)
     info = {"members": [str(m) for m in members], "method": method or "",
             "weights": [float(w) for w in weights or []]}
-    return fused, info
+    return fused, info, saved[0].get("task_state", {})
 
 
 def fuse_and_write(task: Task, test_data, members: list[Path], out_dir: Path, *,
                    method: str | None = None, weights: list[float] | None = None) -> Path:
     """Fuse the saved test outputs of members into out_dir's outputs and submission."""
-    fused, info = fuse_members(type(task), members, method=method, weights=weights)
+    fused, info, _ = fuse_members(type(task), members, method=method, weights=weights)
     return write_outputs(task, test_data, fused, out_dir, info)
 
 
@@ -237,13 +238,13 @@ def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path,
     if len(members) < 2:
         raise UserError("ensemble needs at least two members (runs, folds or k-fold runs)")
     # everything is read and checked before anything is written
-    fused, info = fuse_members(task_cls, members, method=method, weights=weights)
+    fused, info, first_state = fuse_members(task_cls, members, method=method, weights=weights)
     RunDir(out_dir).check_writable()
     config = _member_config(task_cls, members[0])
     if data_dir:
         config["data"] = replace(config["data"], dir=str(Path(data_dir).resolve()))
     task = task_cls(config)
-    task.load_state_dict(load_outputs(members[0], task_cls.name).get("task_state", {}))
+    task.load_state_dict(first_state)
     test_data = task.load_test(data_dir_of(task))
     submission = write_outputs(task, test_data, fused, out_dir, info)
     if not RunDir(out_dir).config.exists():

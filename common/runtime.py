@@ -54,6 +54,19 @@ def derive_seed(*parts: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def hashed_uniform(seed: int, epoch: int, items: np.ndarray) -> np.ndarray:
+    """One uniform number in [0, 1) per item, a pure function of (seed, epoch, item): a
+    splitmix64 hash, vectorised: per-item randomness (crops) with no RNG state and no
+    per-item generator, the same whichever batch or worker draws it."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(items, dtype=np.uint64) + np.uint64(derive_seed(seed, epoch) % 2**63)) \
+            * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
 def choose_device(name: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other name is used as given."""
     if name == "auto":

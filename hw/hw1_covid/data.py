@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
+from common.io import write_csv_atomic
 
 TRAIN_NAMES = ("covid.train.csv", "covid.train_new.csv", "covid_train.csv")
 TEST_NAMES = ("covid.test.csv", "covid.test_un.csv", "covid_test.csv")
@@ -200,8 +201,6 @@ def write_demo_data(dest: Path, *, n_train: int = 2699, n_test: int = 1078, seed
                 cells = [str(int(v)) for v in row[:len(STATES)]] + \
                     [f"{v:.7g}" for v in row[len(STATES):cols - 1]]
                 writer.writerow([str(int(i)), *cells])
-    with open(dest / DEMO_ANSWERS, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", TARGET_BASE])
-        writer.writerows([i, f"{v:.7g}"] for i, v in enumerate(table[n_train:, -1]))
+    write_csv_atomic(dest / DEMO_ANSWERS, ("id", TARGET_BASE),
+                     ([i, f"{v:.7g}"] for i, v in enumerate(table[n_train:, -1])))
     return dest

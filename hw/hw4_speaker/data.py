@@ -16,7 +16,7 @@ from tqdm import tqdm
 from common.checkpoint import load_torch_file
 from common.data import find_data_root
 from common.errors import UserError
-from common.io import atomic_write, files_key, write_text_atomic
+from common.io import atomic_write, files_key, write_csv_atomic, write_text_atomic
 
 N_MELS = 40
 PAD_VALUE = -20.0                  # the course pads with log of a near-zero energy
@@ -323,8 +323,9 @@ def write_demo_data(dest: Path) -> Path:
     audio, answers = write_demo_audio(dest / "audio")
     root = featurize(audio, dest / "Dataset")
     test = json.loads((root / "testdata.json").read_text())["utterances"]
-    write_text_atomic(dest / DEMO_ANSWERS, "Id,Category\n" + "".join(
-        f"{rec['feature_path']},{name}\n" for rec, name in zip(test, answers, strict=True)))
+    write_csv_atomic(dest / DEMO_ANSWERS, ("Id", "Category"),
+                     ((rec["feature_path"], name) for rec, name in zip(test, answers,
+                                                                        strict=True)))
     return dest
 
 

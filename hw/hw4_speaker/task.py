@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from common.config import option
-from common.data import LengthBatchSampler, split_train_valid
+from common.data import LengthBatchSampler, split_like_random_split, split_train_valid
 from common.errors import UserError
 from common.mix import classification_loss
-from common.runtime import Salt, derive_seed
+from common.runtime import Salt, derive_seed, hashed_uniform
 from common.submission import write_submission
 from common.task import ClassificationTask, DataConfig
 from hw.hw4_speaker import data as speech
@@ -58,18 +58,6 @@ class SpeakerModelConfig:
 
 
 # --------------------------------------------------------------------------- datasets
-def hashed_uniform(seed: int, epoch: int, items: np.ndarray) -> np.ndarray:
-    """One uniform number in [0, 1) per item, a pure function of (seed, epoch, item): a
-    splitmix64 hash, vectorised, so crops need no RNG state and no per-item generator."""
-    with np.errstate(over="ignore"):
-        z = (np.asarray(items, dtype=np.uint64) + np.uint64(derive_seed(seed, epoch) % 2**63)) \
-            * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
 class Utterances:
     """Utterances of a packed store, indexed a whole batch at a time: (features (B, T, 40)
     padded with -20, lengths (B,), labels (B,) when known). With `crop`, each item is a crop of
@@ -313,11 +301,8 @@ class SpeakerTask(ClassificationTask):
 
     def split(self, data):
         cfg, n = self.config["data"], len(data[0])
-        if cfg.split == "random":
-            return split_train_valid(n, cfg.valid_ratio, cfg.split_seed)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
-        n_train = int((1.0 - cfg.valid_ratio) * n)  # random_split's [int(0.9 n), rest]
-        return np.sort(order[:n_train].numpy()), np.sort(order[n_train:].numpy())
+        split = split_train_valid if cfg.split == "random" else split_like_random_split
+        return split(n, cfg.valid_ratio, cfg.split_seed)
 
     def fold_labels(self, data) -> np.ndarray:
         return data[0].labels
