@@ -147,8 +147,9 @@ def _train(task_cls: type[Task], args) -> int:
                             "start a new run")
         config = load_run_config(task_cls, run_dir)
     else:
+        default = task_cls.demo_config if args.demo and task_cls.demo_config else task_cls.name
         config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
-            f"{task_cls.name}.toml"
+            f"{default}.toml"
         if not args.config and not config_path.exists():
             config_path = None
         overrides = list(args.overrides)

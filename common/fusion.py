@@ -1,13 +1,15 @@
 """Fusing predictions (ensembles, k-fold, TTA) and averaging checkpoints.
 
 Fusable kinds: class outputs are logits (N, C); regression outputs are values of any shape;
-span outputs are one {span: score} dict per item (question), scores being log-probabilities.
+span outputs are one {span: score} dict per item (question), scores being log-probabilities
+(fused: the weighted mean probability).
 A fused output is again of its kind (fused classes: the log of the fused probabilities), so
 fused outputs can be fused once more. Other kinds (text, token ids, images) cannot be fused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,26 +57,27 @@ def check_fusable(kind: str, what: str = "these runs") -> None:
 
 
 def fuse_spans(outputs: Sequence[list[dict]], w: torch.Tensor) -> list[dict]:
-    """Per item, the weighted mean score of every span any member proposed; a member that did
-    not propose a span counts with its lowest score for that item."""
+    """Per item, the weighted sum of every member's probability of each span any member
+    proposed (a member that did not propose a span gives it none), as a log-probability.
+    Spans are keys in the data's own coordinates (characters for text), so members with
+    different tokenizers fuse."""
     if len({len(o) for o in outputs}) > 1:
         raise UserError("members disagree on the number of items; were they trained on the "
                         "same data?")
     fused = []
     for item in zip(*outputs, strict=True):
-        spans = dict.fromkeys(span for member in item for span in member)
-        floors = [min(member.values()) if member else 0.0 for member in item]
-        fused.append({span: float(sum(float(wi) * member.get(span, floor)
-                                      for wi, member, floor in zip(w, item, floors,
-                                                                   strict=True)))
-                      for span in spans})
+        probs: dict = {}
+        for wi, member in zip(w.tolist(), item, strict=True):
+            for span, score in member.items():
+                probs[span] = probs.get(span, 0.0) + wi * math.exp(score)
+        fused.append({span: math.log(p) if p > 0 else -math.inf for span, p in probs.items()})
     return fused
 
 
 def fuse(outputs: Sequence, *, kind: str, method: str | None = None,
          weights: Sequence[float] | torch.Tensor | None = None):
     """Fuse member outputs. kind 'logits': mean-prob (default), mean-logit or vote;
-    kind 'values' (regression): the weighted mean; kind 'spans': the weighted mean score."""
+    kind 'values' (regression): the weighted mean; kind 'spans': the weighted mean probability."""
     if not outputs:
         raise UserError("nothing to fuse: no member outputs")
     check_fusable(kind)

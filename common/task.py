@@ -60,6 +60,7 @@ class Task(Objective):
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
     demo_answers: ClassVar[str] = ""      # the demo test set's answer key, beside the data
+    demo_config: ClassVar[str] = ""       # configs/<this>.toml for --demo without --config
     demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
                                           # summary a --demo run ends with
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last

@@ -1,0 +1,263 @@
+"""HW7 task: extractive question answering with a Hugging Face model (any name or local path)
+or, offline, a small BERT built from the config over a character vocabulary made from the
+training file. Training windows hold the answer at a random position; evaluation windows
+overlap; predictions are per-question character spans with probabilities (output kind
+"spans"), so runs with different tokenizers fuse in ensembles."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from common.config import option
+from common.errors import UserError
+from common.submission import write_submission
+from common.task import DataConfig, Task
+from hw.hw7_qa import data as qadata
+from hw.hw7_qa import windows as win
+
+
+@dataclass
+class QADataConfig(DataConfig):
+    max_length: int = option(193, min=8)          # tokens per window, specials included
+    doc_stride: int = option(0, min=0)            # tokens consecutive windows share
+    max_question_tokens: int = option(40, min=1)
+    train_window: str = option("centred", choices=("random", "centred"))
+    negatives: float = option(0.0, min=0.0, max=1.0)  # answerless windows per question
+    dev: str = option("valid", choices=("valid", "train"))  # train: dev joins training
+    min_char_freq: int = option(1, min=1)         # character vocabulary (model.name = "")
+
+
+@dataclass
+class QAModelConfig:
+    name: str = "bert-base-chinese"   # Hugging Face name or local folder; "": small BERT below
+    hidden: int = option(256, min=8)
+    layers: int = option(4, min=1)
+    heads: int = option(4, min=1)
+    ff_dim: int = option(1024, min=1)
+    dropout: float = option(0.1, min=0.0, below=1.0)
+    postprocess: str = option("naive", choices=("best", "naive"))
+    n_best: int = option(20, min=1)               # start and end candidates per window
+    max_answer_tokens: int = option(30, min=1)
+    keep_spans: int = option(10, min=1)           # spans kept per question (for ensembles)
+
+
+class QATask(Task):
+    name = "hw7"
+    title = "HW7 BERT extractive question answering (ml2022spring-hw7)"
+    data_config = QADataConfig
+    model_config = QAModelConfig
+    submission_name = "result.csv"
+    download_hint = "hw7_data.zip (gdown id 1AVgZvy3VFeg0fX-6WQJMHPVrx3A-M1kb), unzipped"
+    output_kind = "spans"
+    demo_answers = qadata.DEMO_ANSWERS
+    demo_config = "hw7_cpu"
+    demo_baseline = "exact match 0.0 (most common dev answer)"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.vocab: list[str] = []
+        self.n_train = 0      # questions from hw7_train.json; dev's follow them
+        self._tokenizer = None
+
+    # --- tokenizer ----------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            name = self.config["model"].name
+            if not name:
+                if not self.vocab:
+                    raise UserError("hw7: the character vocabulary is unknown; load the "
+                                    "training data first")
+                self._tokenizer = win.char_tokenizer(self.vocab)
+            else:
+                from transformers import AutoTokenizer
+
+                tok = hf_load(AutoTokenizer.from_pretrained, name)
+                if not tok.is_fast:
+                    raise UserError(f"model.name={name!r}: its tokenizer has no fast version "
+                                    "(offsets are needed); choose another model")
+                self._tokenizer = tok
+        return self._tokenizer
+
+    def _window_args(self) -> dict:
+        cfg = self.config["data"]
+        return {"max_length": cfg.max_length, "max_question": cfg.max_question_tokens}
+
+    # --- data ---------------------------------------------------------------------------
+    def load_train(self, data_dir: Path) -> qadata.QASet:
+        train, dev = qadata.load(data_dir, "train"), qadata.load(data_dir, "dev")
+        if not self.config["model"].name:
+            self.vocab = win.char_vocab(train.paragraphs + train.questions,
+                                        self.config["data"].min_char_freq)
+            self._tokenizer = None
+        self.n_train = len(train)
+        return join_sets(train, dev)
+
+    def load_test(self, data_dir: Path) -> qadata.QASet:
+        return qadata.load(data_dir, "test")
+
+    def split(self, data: qadata.QASet):
+        rows = np.arange(len(data))
+        if self.config["data"].dev == "train":
+            return rows, rows[:0]
+        return rows[:self.n_train], rows[self.n_train:]
+
+    def labelled_dataset(self, data, idx):
+        return win.EvalWindows(data, idx, self.tokenizer, doc_stride=self.config["data"]
+                               .doc_stride, **self._window_args())
+
+    def make_datasets(self, data, train_idx, valid_idx):
+        cfg = self.config["data"]
+        train = win.TrainWindows(data, train_idx, self.tokenizer, centred=cfg.train_window ==
+                                 "centred", negatives=cfg.negatives,
+                                 seed=self.config["trainer"].seed, **self._window_args())
+        valid = self.labelled_dataset(data, valid_idx) if len(valid_idx) else None
+        return train, valid
+
+    def make_test_dataset(self, data):
+        return self.labelled_dataset(data, np.arange(len(data)))
+
+    # --- model --------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        cfg = self.config["model"]
+        if cfg.name:
+            from transformers import AutoModelForQuestionAnswering
+
+            model = hf_load(AutoModelForQuestionAnswering.from_pretrained, cfg.name)
+        else:
+            from transformers import BertConfig, BertForQuestionAnswering
+
+            if cfg.hidden % cfg.heads:
+                raise UserError(f"model.hidden={cfg.hidden} must be a multiple of "
+                                f"model.heads={cfg.heads}")
+            model = BertForQuestionAnswering(BertConfig(
+                vocab_size=len(self.tokenizer), hidden_size=cfg.hidden,
+                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                intermediate_size=cfg.ff_dim, hidden_dropout_prob=cfg.dropout,
+                attention_probs_dropout_prob=cfg.dropout,
+                max_position_embeddings=max(512, self.config["data"].max_length)))
+        self.num_layers = getattr(model.config, "num_hidden_layers", 0) + 1
+        return model
+
+    def layer_id(self, name: str) -> int | None:
+        """Embeddings 0, encoder layer i: i + 1, the span head: None (the top)."""
+        if ".embeddings." in name or name.startswith("embeddings."):
+            return 0
+        found = re.search(r"\.layer\.(\d+)\.", name)
+        return int(found.group(1)) + 1 if found else None
+
+    def forward(self, model, batch):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                  if k in batch}
+        out = model(**inputs)
+        return out.start_logits, out.end_logits
+
+    def loss(self, output, batch):
+        start, end = output
+        return (nn.functional.cross_entropy(start.float(), batch["start_positions"])
+                + nn.functional.cross_entropy(end.float(), batch["end_positions"])) / 2
+
+    def count(self, batch):
+        return len(batch["input_ids"])
+
+    def target(self, batch):
+        return None  # answers are per question, in the dataset
+
+    def validation_step(self, model, batch):
+        output = self.forward(model, batch)
+        return self.predict_output(output, batch), None, self.loss(output, batch)
+
+    def predict_step(self, model, batch):
+        return self.predict_output(self.forward(model, batch), batch)
+
+    def predict_output(self, output, batch=None):
+        return win.top_candidates(*output, batch, self.config["model"].n_best)
+
+    def finalize(self, predictions, dataset: win.EvalWindows):
+        cfg = self.config["model"]
+        if cfg.postprocess == "naive":
+            return win.naive_spans(predictions, dataset, self.tokenizer)
+        return win.best_spans(predictions, dataset, max_answer=cfg.max_answer_tokens,
+                              keep=cfg.keep_spans)
+
+    def metrics(self, spans, targets, dataset: win.EvalWindows = None):
+        got = win.answers(spans, dataset.qa, dataset.rows)
+        truth = [dataset.qa.answers[r] for r in dataset.rows]
+        return {"em": float(np.mean([g == t for g, t in zip(got, truth, strict=True)])),
+                "coverage": float(dataset.recoverable.mean())}
+
+    def write_submission(self, data: qadata.QASet, spans, path: Path) -> Path:
+        texts = [qadata.clean_answer(t) for t in win.answers(spans, data, range(len(data)))]
+        return write_submission(path, qadata.HEADER, data.ids, np.asarray(texts, dtype=object))
+
+    # --- fitted state ---------------------------------------------------------------------
+    def state_dict(self):
+        return {"vocab": list(self.vocab), "n_train": self.n_train}
+
+    def load_state_dict(self, state):
+        self.vocab = list(state.get("vocab", self.vocab))
+        self.n_train = int(state.get("n_train", self.n_train))
+        self._tokenizer = None
+
+    @classmethod
+    def write_demo_data(cls, dest: Path) -> Path:
+        return qadata.write_demo_data(Path(dest))
+
+
+def join_sets(a: qadata.QASet, b: qadata.QASet) -> qadata.QASet:
+    """Two labelled sets as one (b's paragraph ids shifted past a's)."""
+    return qadata.QASet(a.path, a.paragraphs + b.paragraphs, a.ids + b.ids,
+                        np.concatenate([a.paragraph_ids, b.paragraph_ids + len(a.paragraphs)]),
+                        a.questions + b.questions, a.answers + b.answers,
+                        np.concatenate([a.starts, b.starts]), np.concatenate([a.ends, b.ends]))
+
+
+def hf_load(loader, name: str):
+    """A pretrained model or tokenizer from a name or folder; one clear line when it is
+    neither cached nor reachable."""
+    try:
+        return loader(name)
+    except (OSError, ValueError) as exc:
+        where = "the folder" if Path(name).exists() else "the Hugging Face cache"
+        raise UserError(
+            f"model.name={name!r}: cannot load it from {where} ({str(exc).splitlines()[0]}); "
+            f"download it where there is network (huggingface-cli download {name}) and copy "
+            "~/.cache/huggingface here, pass a local folder, or set model.name = \"\" for the "
+            "small offline BERT (configs/hw7_cpu.toml)") from None
+
+
+def spans_command(argv: list[str]) -> int:
+    """`run.py hw7 spans --data DIR [--config FILE] [--set k=v ...]`: how many train and dev
+    answers lie wholly inside a window and come back exactly through tokenisation, offsets
+    and text cutting."""
+    import argparse
+
+    from common.config import load_config
+    from common.runlog import say
+
+    parser = argparse.ArgumentParser(
+        prog=argv[0], description="Count the train and dev answers that the window settings "
+        "(data.max_length, data.doc_stride, data.max_question_tokens) and the tokenizer can "
+        "represent exactly.")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the folder of the files")
+    parser.add_argument("--config", metavar="FILE", help="default: configs/hw7.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value")
+    args = parser.parse_args(argv[1:])
+    path = Path(args.config) if args.config else Path(__file__).resolve().parents[2] / \
+        "configs" / "hw7.toml"
+    task = QATask(load_config(QATask.schema(), path, args.overrides))
+    data = task.load_train(Path(args.data))
+    rows = np.arange(len(data))
+    total = found = 0
+    for split, part in (("train", rows[:task.n_train]), ("dev", rows[task.n_train:])):
+        ok = int(task.labelled_dataset(data, part).recoverable.sum())
+        say(f"{split}: {ok}/{len(part)} answers recoverable ({100 * ok / max(len(part), 1):.2f}%)")
+        total, found = total + len(part), found + ok
+    say(f"spans: {found}/{total} recoverable ({100 * found / max(total, 1):.2f}%)")
+    return 0
