@@ -152,7 +152,7 @@ class Task(Objective):
         got = pd.read_csv(submission, dtype=str).iloc[:, 1]
         if cls.output_kind == "values":
             return {"mse": float(((got.astype(float) - truth.astype(float)) ** 2).mean())}
-        return {"acc": float((got == truth).mean())}
+        return {"em" if cls.output_kind == "spans" else "acc": float((got == truth).mean())}
 
 
 class ClassificationTask(Task):

@@ -183,12 +183,12 @@ def _entity_facts(rng) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def demo_split(rng, paragraphs: int, per_paragraph: int) -> tuple[list[str], list[dict]]:
-    """Paragraphs of 3-5 organisations' facts (about 150-400 characters) and questions whose
-    answers occur exactly once in their paragraph."""
+    """Paragraphs of two or three organisations' facts (about 140-330 characters) and
+    questions whose answers occur exactly once in their paragraph."""
     texts, questions = [], []
     for pid in range(paragraphs):
         parts, pairs = [], []
-        for _ in range(int(rng.integers(3, 6))):
+        for _ in range(int(rng.integers(2, 4))):
             text, qa = _entity_facts(rng)
             parts.extend(text)
             pairs.extend(qa)

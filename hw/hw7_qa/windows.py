@@ -271,14 +271,19 @@ class TrainWindows:
 
 # --------------------------------------------------------------------------- postprocessing
 def top_candidates(start: torch.Tensor, end: torch.Tensor, batch: dict, n_best: int) -> dict:
-    """Per window, the n_best start and end positions inside the context part (scores -inf
-    where a window has fewer), what the course's naive rule takes (argmax start and end over
-    the whole window), and the first token's null score."""
+    """Per window, the n_best start and end positions inside the context part by their
+    log-probability in the window (-inf where a window has fewer), what the course's naive
+    rule takes (argmax start and end logits over the whole window) and the first token's
+    null score."""
     ctx, live = batch["context_mask"], batch["attention_mask"].bool()
     start, end = start.float(), end.float()
+    # log-probabilities within the window (first token included), so that a window that
+    # puts its mass on "no answer here" offers weak spans to the comparison across windows
+    s_log = start.masked_fill(~live, -torch.inf).log_softmax(1)
+    e_log = end.masked_fill(~live, -torch.inf).log_softmax(1)
     k = min(n_best, start.shape[1])
-    s_val, s_idx = start.masked_fill(~ctx, -torch.inf).topk(k, dim=1)
-    e_val, e_idx = end.masked_fill(~ctx, -torch.inf).topk(k, dim=1)
+    s_val, s_idx = s_log.masked_fill(~ctx, -torch.inf).topk(k, dim=1)
+    e_val, e_idx = e_log.masked_fill(~ctx, -torch.inf).topk(k, dim=1)
     pad = n_best - k
     if pad:
         s_val, e_val = (torch.nn.functional.pad(v, (0, pad), value=-torch.inf)
@@ -288,7 +293,7 @@ def top_candidates(start: torch.Tensor, end: torch.Tensor, batch: dict, n_best: 
     ne_val, ne_idx = end.masked_fill(~live, -torch.inf).max(1)
     return {"s_val": s_val, "s_idx": s_idx, "e_val": e_val, "e_idx": e_idx,
             "naive": torch.stack([ns_idx.float(), ne_idx.float(), ns_val + ne_val], 1),
-            "null": start[:, 0] + end[:, 0]}
+            "null": s_log[:, 0] + e_log[:, 0]}
 
 
 def best_spans(pred: dict, windows: EvalWindows, *, max_answer: int, keep: int
@@ -296,7 +301,8 @@ def best_spans(pred: dict, windows: EvalWindows, *, max_answer: int, keep: int
     """Per question, its `keep` best character spans over all its windows with their
     probabilities (log, normalised over the kept spans). A candidate: start and end among a
     window's top positions, both in the context, end >= start, at most max_answer tokens;
-    score start logit + end logit; a span two windows propose keeps the better score."""
+    score: log p(start) + log p(end) within the window; a span two windows propose keeps the
+    better score."""
     scores = pred["s_val"][:, :, None] + pred["e_val"][:, None, :]          # (W, k, k)
     s_idx, e_idx = pred["s_idx"][:, :, None], pred["e_idx"][:, None, :]
     ok = (e_idx >= s_idx) & (e_idx - s_idx < max_answer) & torch.isfinite(scores)
