@@ -56,7 +56,8 @@ class QATask(Task):
     output_kind = "spans"
     demo_answers = qadata.DEMO_ANSWERS
     demo_config = "hw7_cpu"
-    demo_baseline = "exact match 0.0 (most common dev answer)"
+    demo_baseline = "not run offline (bert-base-chinese is a download); its naive rule on " \
+        "this recipe's model: dev em 0.207 against 0.283 (measured)"
 
     def __init__(self, config):
         super().__init__(config)
