@@ -128,12 +128,14 @@ class EvalWindows:
         self.attention = torch.tensor(enc["attention_mask"], dtype=torch.long)
         self.token_types = torch.tensor(enc["token_type_ids"], dtype=torch.long) \
             if "token_type_ids" in enc else None
-        self.offsets = np.full((n, max_length, 2), -1, dtype=np.int64)
+        self.offsets = np.full((n, max_length, 2), -1, dtype=np.int32)
         targets = np.zeros((n, 2), dtype=np.int64)
         self.recoverable = np.zeros(len(self.rows), dtype=bool)
         for w in range(n):
             seq = enc.sequence_ids(w)
             ctx = [t for t, s in enumerate(seq) if s == 1]
+            if not ctx:  # an empty paragraph
+                continue
             self.offsets[w, ctx] = np.asarray(enc["offset_mapping"][w])[ctx]
             if not qa.labelled:
                 continue
@@ -164,7 +166,6 @@ class EvalWindows:
         if self.token_types is not None:
             batch["token_type_ids"] = self.token_types[idx, :width]
         return batch
-
 
 
 def answers(spans: list[dict], qa: QASet, rows) -> list[str]:
