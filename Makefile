@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw2_pipeline.py
 	$(PY) scripts/bench/hw3_pipeline.py
 	$(PY) scripts/bench/hw4_pipeline.py
+	$(PY) scripts/bench/hw5_batches.py
 
 clean:
 	rm -rf $(VENV) runs
