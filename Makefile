@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw3_pipeline.py
 	$(PY) scripts/bench/hw4_pipeline.py
 	$(PY) scripts/bench/hw5_batches.py
+	$(PY) scripts/bench/hw5_decode.py
 
 clean:
 	rm -rf $(VENV) runs
