@@ -17,6 +17,7 @@ from pathlib import Path
 from common import distributed
 from common.config import load_config
 from common.errors import UserError
+from common.fusion import FUSABLE
 from common.kfold import kfold_run, predict_kfold
 from common.pipeline import (
     average_run,
@@ -211,11 +212,14 @@ def demo_summary(task_cls: type[Task], data_dir: Path, run_dir: Path, submission
             + " ".join(f"{k} {v:.4g}" for k, v in score.items())
             + (f"; the course sample: {task_cls.demo_baseline}" if task_cls.demo_baseline
                else ""))
-    say("next: compare the course sample: "
-        f"{cmd} train --demo --config configs/{task_cls.name}_sample.toml")
-    say(f"      the real data: {cmd} train --data data/{task_cls.name} "
+    sample = REPO_ROOT / "configs" / f"{task_cls.name}_sample.toml"
+    if sample.is_file():
+        say(f"next: compare the course sample: {cmd} train --demo --config "
+            f"configs/{sample.name}")
+    say(f"next: the real data: {cmd} train --data data/{task_cls.name} "
         f"(download: {task_cls.download_hint or 'see data/README.md'})")
-    say(f"      folds and an ensemble: {cmd} kfold --demo --folds 5")
+    if task_cls.output_kind in FUSABLE:
+        say(f"      folds and an ensemble: {cmd} kfold --demo --folds 5")
 
 
 def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:

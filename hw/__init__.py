@@ -28,6 +28,8 @@ TASKS = {
                     "hw.hw4_speaker.task:SpeakerTask",
                     {"featurize": ("turn your own audio into the course's Dataset/ layout",
                                    "hw.hw4_speaker.data:featurize_command")}),
+    "hw5": LazyTask("HW5 English to Chinese translation (JudgeBoi)",
+                    "hw.hw5_translate.task:TranslationTask"),
     "hw7": LazyTask("HW7 BERT extractive question answering (ml2022spring-hw7)",
                     "hw.hw7_qa.task:QATask",
                     {"spans": ("how many train and dev answers the window settings can "

@@ -1,0 +1,79 @@
+"""HW5 end to end on the demo corpus: the Transformer learns the synthetic grammar far beyond
+copying the source, beam search scores at least greedy, prediction.txt has one line per test
+sentence in order; bad input files stop with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sacrebleu
+
+from common.checkpoint import load_checkpoint, prediction_weights
+from common.config import load_config
+from common.pipeline import train_run
+from hw.cli import main as cli_main
+from hw.hw5_translate import data as mt
+from hw.hw5_translate.task import TranslationTask
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return mt.write_demo_data(tmp_path_factory.mktemp("hw5demo"))
+
+
+@pytest.mark.slow
+def test_transformer_learns_the_demo_and_beam_is_at_least_greedy(demo, tmp_path):
+    config = load_config(TranslationTask.schema(), ROOT / "configs" / "hw5_cpu.toml", [
+        f'data.dir="{demo}"', f'data.cache_dir="{tmp_path / "cache"}"',
+        'trainer.device="cpu"', "trainer.epochs=4", "trainer.print_every_evals=1000",
+        "model.beam=1"])  # greedy while training and predicting (quicker); beam below
+    result = train_run(TranslationTask, config, tmp_path / "run")
+    lines = (tmp_path / "run" / "prediction.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 301 and all(lines[:-1])
+    score = TranslationTask.demo_score(tmp_path / "run" / "prediction.txt", demo)["bleu"]
+    sources = [mt.clean_en(s) for s in mt.read_lines(demo / "test" / "test.en")]
+    refs = [mt.clean_zh(s) for s in mt.read_lines(demo / mt.DEMO_REFERENCES)]
+    copy = sacrebleu.corpus_bleu(sources, [refs], tokenize="zh").score
+    assert result["best"] > 40 and score > copy + 40, (result["best"], score, copy)
+    # beam against greedy on the held-out split, same weights
+    task = TranslationTask(config)
+    data = task.load_train(demo)
+    _, valid_idx = task.split(data)
+    valid = task.labelled_dataset(data, valid_idx)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    model = task.build_model()
+    model.load_state_dict(prediction_weights(state))
+    model.eval()
+    batch = valid[np.arange(len(valid))]
+    texts = {beam: task.finalize(task.translate(model, batch["src"], beam), valid)
+             for beam in (1, 4)}
+    bleu = {beam: task.metrics(t, None, valid)["bleu"] for beam, t in texts.items()}
+    print(f"demo: valid BLEU beam 4 {bleu[4]:.2f}, greedy {bleu[1]:.2f}; test {score:.2f}, "
+          f"copying the source {copy:.2f}")
+    assert bleu[4] >= bleu[1] - 0.5
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("mismatch", "raw.zh: 2 lines but raw.en has 3"),
+    ("utf8", "raw.en: line 2 is not valid UTF-8"),
+    ("no test", "no test/test.en or test.raw.en"),
+])
+def test_bad_inputs_stop_with_one_line(tmp_path, capsys, case, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "raw.en").write_text("One.\nTwo.\nThree.\n")
+    (data / "raw.zh").write_text("一。\n二。\n三。\n")
+    (data / "test").mkdir()
+    (data / "test" / "test.en").write_text("Four.\n")
+    if case == "mismatch":
+        (data / "raw.zh").write_text("一。\n二。\n")
+    elif case == "utf8":
+        (data / "raw.en").write_bytes(b"One.\n\xc3\x28\nThree.\n")
+    else:
+        (data / "test" / "test.en").unlink()
+    code = cli_main(["hw5", "train", "--data", str(data), "--config",
+                     str(ROOT / "configs" / "hw5_cpu.toml"), "--out", str(tmp_path / "run"),
+                     "--set", f'data.cache_dir="{tmp_path / "c"}"'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
