@@ -192,6 +192,20 @@ def find_data_root(data_dir, folder: str, markers: tuple[str, ...], what: str) -
     raise UserError(f"{data_dir}: no {what} here, in {folder}/ or in {folder}/{folder}/; {hint}")
 
 
+def find_root_or_child(data_dir, markers: tuple[str, ...], missing: str,
+                       archives: str = "*.zip", hint: str = "") -> Path:
+    """The folder holding any of `markers`: data_dir itself or one of its subfolders (as an
+    archive unpacks). Else one error: `missing`, then "extract <archive> first" when an
+    archive lies there, or `hint`."""
+    data_dir = Path(data_dir)
+    for cand in (data_dir, *sorted(p for p in data_dir.glob("*") if p.is_dir())):
+        if any((cand / m).is_file() for m in markers):
+            return cand
+    packed = sorted(data_dir.glob(archives))
+    advice = f"extract {packed[0]} first" if packed else hint
+    raise UserError(f"{data_dir}: {missing}; {advice}")
+
+
 def supports_batched_indexing(dataset: Dataset) -> bool:
     """Tensor-backed datasets are indexed with a whole batch of indices at once."""
     return isinstance(dataset, TensorDataset) or getattr(dataset, "batched_indexing", False)

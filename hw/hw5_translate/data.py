@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data import find_root_or_child
 from common.errors import UserError
 from common.io import atomic_write, files_key, write_text_atomic
 
@@ -29,15 +30,10 @@ SPM_VERSION = 1
 # --------------------------------------------------------------------------- files
 def find_root(data_dir: str | Path) -> Path:
     """The folder holding the training pair: data_dir itself or one level down."""
-    data_dir = Path(data_dir)
-    for cand in (data_dir, *sorted(p for p in data_dir.glob("*") if p.is_dir())):
-        if any((cand / en).is_file() for en, _ in TRAIN_NAMES):
-            return cand
-    archives = sorted(data_dir.glob("*.tgz"))
-    hint = f"extract {archives[0]} first" if archives else "point --data at the extracted " \
-        "ted2020.tgz and test.tgz"
-    raise UserError(f"{data_dir}: no raw.en/raw.zh (or train_dev.raw.en/.zh) here or one level "
-                    f"down; {hint}")
+    return find_root_or_child(
+        data_dir, tuple(en for en, _ in TRAIN_NAMES),
+        "no raw.en/raw.zh (or train_dev.raw.en/.zh) here or one level down", archives="*.tgz",
+        hint="point --data at the extracted ted2020.tgz and test.tgz")
 
 
 def read_lines(path: Path) -> list[str]:

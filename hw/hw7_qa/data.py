@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data import find_root_or_child
 from common.errors import UserError
 from common.io import write_csv_atomic, write_text_atomic
 
@@ -47,14 +48,10 @@ class QASet:
 
 def find_root(data_dir: str | Path) -> Path:
     """The folder with the three files: data_dir itself or one level down."""
-    data_dir = Path(data_dir)
-    for cand in (data_dir, *sorted(p for p in data_dir.glob("*") if p.is_dir())):
-        if (cand / FILES["test"]).is_file() or (cand / FILES["train"]).is_file():
-            return cand
-    zipped = sorted(data_dir.glob("*.zip"))
-    hint = f"unzip {zipped[0]} first" if zipped else "point --data at the folder of hw7_data.zip"
-    raise UserError(f"{data_dir}: no {FILES['train']} or {FILES['test']} here or one level "
-                    f"down; {hint}")
+    return find_root_or_child(
+        data_dir, (FILES["test"], FILES["train"]),
+        f"no {FILES['train']} or {FILES['test']} here or one level down",
+        hint="point --data at the folder of hw7_data.zip")
 
 
 def _fail(path: Path, qid, why: str):
