@@ -23,6 +23,7 @@ from common.config import Config, save_config
 from common.errors import UserError
 from common.io import atomic_write, write_csv_atomic
 from common.pipeline import (
+    check_average,
     data_dir_of,
     ensemble_run,
     fit_split,
@@ -126,6 +127,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     run.check_writable()
+    check_average(config)
     task = task_cls(config)
     kcfg = config["kfold"]
     set_cpu_threads(config["trainer"].threads)

@@ -125,13 +125,28 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
     if resume:
         trainer.restore(RunDir(run_dir).last)
     trainer.fit(train_ds, valid_ds)
-    which = task.config["predict"].ckpt
+    which, count = task.config["predict"].ckpt, task.config["predict"].average
+    if count > 0 and run_dir is not None:
+        path = RunDir(run_dir).checkpoint(average_checkpoints(task, run_dir, count)) \
+            if distributed.is_main() else None
+        state = distributed.broadcast_object(load_checkpoint(path) if path else None)
+        trainer.eval_model.load_state_dict(state["model"])
+        say(f"predicting with the mean of {', '.join(state['averaged'])} "
+            f"(predict.average = {count})")
+        return trainer
     if which != "last":
         trainer.load_best()
     if run_dir is not None:
         weights = "the final weights" if which == "last" else f"{RunDir(run_dir).best}"
         say(f"predicting with {weights} (predict.ckpt = {which!r})")
     return trainer
+
+
+def check_average(config: Config) -> None:
+    count, kept = config["predict"].average, config["trainer"].keep_checkpoints
+    if count > kept:
+        raise UserError(f"predict.average={count} needs the last {count} checkpoints kept; "
+                        f"set trainer.keep_checkpoints={count} (now {kept})")
 
 
 def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bool = False,
@@ -143,6 +158,7 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     RunDir(run_dir).check_writable()
+    check_average(config)
     task = task_cls(config)
     set_cpu_threads(config["trainer"].threads)
     data_dir = data_dir_of(task)
@@ -170,6 +186,12 @@ def load_run_config(task_cls: type[Task], run_dir: Path) -> Config:
     return load_config(task_cls.schema(), config_path)
 
 
+def default_checkpoint(config: Config) -> str:
+    """What train predicted with: average-last<N> under predict.average, else predict.ckpt."""
+    count = config["predict"].average
+    return f"average-last{count}" if count > 0 else config["predict"].ckpt
+
+
 def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
                 data_dir: str | None = None, out_dir: Path | None = None,
                 tta: int | None = None) -> Path:
@@ -181,7 +203,7 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
         config["data"] = replace(config["data"], dir=str(Path(data_dir).resolve()))
     if tta is not None:
         config["predict"] = replace(config["predict"], tta=tta)
-    ckpt_path = RunDir(run_dir).checkpoint(ckpt or config["predict"].ckpt)
+    ckpt_path = RunDir(run_dir).checkpoint(ckpt or default_checkpoint(config))
     state = load_checkpoint(ckpt_path)
     task = task_cls(config)
     task.load_state_dict(state.get("task", {}))
@@ -252,25 +274,24 @@ def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path,
     return submission
 
 
-def average_run(task_cls: type[Task], run_dir: str | Path, count: int, *,
-                select: str = "last", data_dir: str | None = None) -> Path:
-    """Average the weights of a run's kept checkpoints, the newest `count` (select "last") or
-    the `count` best by the run's monitored metric ("best"), into one model; save it as
-    checkpoints/average-<select><count>.pt and predict the test set with it into
-    average-<select><count>/."""
+def average_checkpoints(task: Task, run_dir: str | Path, count: int, *,
+                        select: str = "last") -> str:
+    """Average the weights of a run's kept checkpoints, the newest `count` (select "last"; all
+    there are when fewer, as after early stopping) or the `count` best by the run's monitored
+    metric ("best"), into checkpoints/average-<select><count>.pt; returns that name."""
     run = RunDir(run_dir)
     kept = run.step_checkpoints()
     flag = f"--{select}"
     if count < 1:
         raise UserError(f"{flag} must be at least 1")
-    if len(kept) < count:
+    if not kept or (select == "best" and len(kept) < count):
         key = "keep_checkpoints" if select == "last" else "keep_best_checkpoints"
         raise UserError(f"{run.checkpoints}: {len(kept)} kept checkpoints, fewer than "
                         f"{flag} {count}; train with --set trainer.{key}={count}")
     states = [load_checkpoint(p) for p in kept]
     chosen = list(range(len(kept)))[-count:]
     if select == "best":
-        trainer_cfg = load_run_config(task_cls, run.path)["trainer"]
+        trainer_cfg = task.config["trainer"]
         values = [s.get("metrics", {}).get(trainer_cfg.monitor, math.nan) for s in states]
         if any(math.isnan(v) for v in values):
             raise UserError(f"{run.checkpoints}: kept checkpoints without a "
@@ -284,8 +305,21 @@ def average_run(task_cls: type[Task], run_dir: str | Path, count: int, *,
     averaged.pop("format", None)
     averaged.pop("version", None)
     name = f"average-{select}{count}"
-    path = run.checkpoints / f"{name}.pt"
-    save_checkpoint(path, averaged)
-    log.info("averaged %s into %s", ", ".join(averaged["averaged"]), path)
-    return predict_run(task_cls, run.path, ckpt=str(path), data_dir=data_dir,
-                       out_dir=run.path / name)
+    save_checkpoint(run.checkpoints / f"{name}.pt", averaged)
+    log.info("averaged %s into %s", ", ".join(averaged["averaged"]), name)
+    return name
+
+
+def average_run(task_cls: type[Task], run_dir: str | Path, count: int, *,
+                select: str = "last", data_dir: str | None = None) -> Path:
+    """Average a run's kept checkpoints (see average_checkpoints) and predict the test set with
+    the result into average-<select><count>/."""
+    run = RunDir(run_dir)
+    if select == "last" and 0 < len(run.step_checkpoints()) < count:
+        raise UserError(f"{run.checkpoints}: {len(run.step_checkpoints())} kept checkpoints, "
+                        f"fewer than --last {count}; train with --set "
+                        f"trainer.keep_checkpoints={count}")
+    task = task_cls(load_run_config(task_cls, run.path))
+    name = average_checkpoints(task, run.path, count, select=select)
+    return predict_run(task_cls, run.path, ckpt=str(run.checkpoints / f"{name}.pt"),
+                       data_dir=data_dir, out_dir=run.path / name)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -68,8 +69,9 @@ class RunDir:
     oof = property(lambda self: self.path / "oof.pt")
 
     def checkpoint(self, which: str) -> Path:
-        """best | last | a path."""
-        return self.checkpoints / f"{which}.pt" if which in ("best", "last") else Path(which)
+        """best | last | average-last<N> / average-best<N> (written by averaging) | a path."""
+        named = which in ("best", "last") or re.fullmatch(r"average-(last|best)\d+", which)
+        return self.checkpoints / f"{which}.pt" if named else Path(which)
 
     def step_checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:09d}.pt"

@@ -33,6 +33,9 @@ class DataConfig:
 @dataclass
 class PredictConfig:
     ckpt: str = "best"                # best | last | a path to a checkpoint
+    # > 0: predict with the mean weights of the newest N kept checkpoints (the course's HW5
+    # "average the last 5 epochs"; needs trainer.keep_checkpoints >= N); ckpt is then unused
+    average: int = option(0, min=0)
     tta: int = option(0, min=0)  # test-time augmented views besides the plain one
     # the plain view's weight; the views share the rest
     tta_plain_weight: float = option(0.5, min=0.0, max=1.0)

@@ -1,25 +1,31 @@
-"""HW5 decoding: incremental decoding (cached keys and values, cached encoder projections)
-gives exactly the tokens of recomputing the prefix, for greedy and beam search; beam 1 is
-greedy; the cache's logits equal the full decoder's; the length limit holds."""
+"""HW5 decoding: incremental decoding (cached keys and values, cached encoder projections; the
+RNN's cached GRU state) gives exactly the tokens of recomputing the prefix, for greedy and beam
+search; beam 1 is greedy; the cache's logits equal the full decoder's; the length limit holds;
+sampling is seeded and follows the model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hw.hw5_translate.decode import beam_search, greedy, max_lengths
-from hw.hw5_translate.model import Seq2SeqTransformer, reorder_cache
+from hw.hw5_translate.decode import beam_search, greedy, max_lengths, sample
+from hw.hw5_translate.model import Seq2SeqRNN, Seq2SeqTransformer, reorder_cache
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
-@pytest.fixture(scope="module", params=["sinusoidal", "learned"])
+@pytest.fixture(scope="module", params=["sinusoidal", "learned", "rnn"])
 def model(request):
     torch.manual_seed(0)
-    net = Seq2SeqTransformer(40, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff=64,
-                             dropout=0.1, positions=request.param)
+    if request.param == "rnn":
+        net = Seq2SeqRNN(40, embed=16, hidden=24, enc_layers=2, dec_layers=2, dropout=0.1)
+        scale = 30.0  # the course's init is tiny
+    else:
+        net = Seq2SeqTransformer(40, d_model=32, heads=4, enc_layers=2, dec_layers=2, ff=64,
+                                 dropout=0.1, positions=request.param)
+        scale = 4.0
     with torch.no_grad():  # a peaked output, so that decoding is far from ties
-        net.embed.weight.mul_(4.0)
+        net.embed.weight.mul_(scale)
     return net.eval()
 
 
@@ -126,3 +132,17 @@ def test_only_the_best_beam_candidates_may_end():
     kw = dict(bos=BOS, eos=EOS, pad=PAD)
     assert greedy(Scripted(), src, **kw) == [[5]]
     assert beam_search(Scripted(), src, beam=1, **kw) == [[5]]
+
+
+def test_sampling_is_seeded_and_follows_the_model(model):
+    src = sources(6, seed=2)
+    kw = dict(bos=BOS, eos=EOS, pad=PAD)
+
+    def draw(seed, **extra):
+        return sample(model, src, generator=torch.Generator().manual_seed(seed), **kw, **extra)
+
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2) or draw(1) != draw(3)
+    # temperature -> 0 or top-1 is greedy
+    assert draw(4, topk=1) == greedy(model, src, **kw)
+    assert draw(5, temperature=1e-4) == greedy(model, src, **kw)

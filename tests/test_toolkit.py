@@ -321,6 +321,33 @@ def test_best_and_last_differ_and_each_predicts_with_its_own_weights(blobs, tmp_
     assert torch.equal(outputs(run.path / "average-last1"), outputs(tmp_path / "last"))
 
 
+def test_predict_average_trains_then_predicts_with_the_mean_of_the_last_n(blobs, tmp_path):
+    """predict.average = 3: train's submission comes from the mean weights of the newest 3
+    kept checkpoints, the same as `average --last 3` afterwards; predict --run repeats it; too
+    few kept checkpoints is refused before anything is read or written."""
+    def outputs(path):
+        return torch.load(path / "test_outputs.pt", weights_only=True)["outputs"]
+
+    config = blobs_config(blobs, "trainer.epochs=5", "trainer.keep_checkpoints=3",
+                          "predict.average=3")
+    run = RunDir(tmp_path / "run")
+    train_run(BlobsTask, config, run.path)
+    averaged = load_checkpoint(run.checkpoints / "average-last3.pt")
+    steps = [load_checkpoint(p)["trainer"]["step"] for p in run.step_checkpoints()]
+    assert averaged["averaged"] == [p.name for p in run.step_checkpoints()] and len(steps) == 3
+    trained = outputs(run.path)
+    predict_run(BlobsTask, run.path, out_dir=tmp_path / "again")
+    assert torch.equal(outputs(tmp_path / "again"), trained)
+    average_run(BlobsTask, run.path, 3, select="last")
+    assert torch.equal(outputs(run.path / "average-last3"), trained)
+    predict_run(BlobsTask, run.path, ckpt="last", out_dir=tmp_path / "last")
+    assert not torch.allclose(outputs(tmp_path / "last"), trained)
+    bad = blobs_config(blobs, "trainer.keep_checkpoints=2", "predict.average=3")
+    with pytest.raises(UserError, match="trainer.keep_checkpoints=3"):
+        train_run(BlobsTask, bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 # --------------------------------------------------------------------------- fold seeds
 def test_kfold_vary_seed_gives_fold_k_the_seed_plus_k_minus_1(blobs, tmp_path):
     outs = {}

@@ -1,6 +1,7 @@
-"""HW5 decoding: greedy and batched beam search over a Seq2SeqTransformer, incremental (the
-decoder's keys and values and the encoder projections cached) or, for checking and
-benchmarking, recomputing the whole prefix every step. Output length at most
+"""HW5 decoding: greedy, sampled (for back-translation) and batched beam search over a
+Seq2SeqTransformer or Seq2SeqRNN (anything with encode / decode / new_cache), incremental (the
+decoder's keys and values and the encoder projections cached, or the GRU state) or, for
+checking and benchmarking, recomputing the whole prefix every step. Output length at most
 a x source length + b (the course: 1.2 x + 10); hypotheses ranked by log-probability divided
 by length ** length_penalty."""
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from hw.hw5_translate.model import Seq2SeqTransformer, reorder_cache
+from torch import nn
+
+from hw.hw5_translate.model import reorder_cache
 
 
 def max_lengths(src: torch.Tensor, pad: int, a: float, b: int) -> torch.Tensor:
@@ -18,7 +21,7 @@ def max_lengths(src: torch.Tensor, pad: int, a: float, b: int) -> torch.Tensor:
 class Stepper:
     """Next-token log-probabilities for a growing prefix, with or without the cache."""
 
-    def __init__(self, model: Seq2SeqTransformer, memory, mask, cached: bool):
+    def __init__(self, model: nn.Module, memory, mask, cached: bool):
         self.model, self.memory, self.mask = model, memory, mask
         self.cache = model.new_cache() if cached else None
 
@@ -45,10 +48,9 @@ def _forbid(lp: torch.Tensor, pad: int, bos: int, eos: int, must_end: torch.Tens
     return lp
 
 
-@torch.no_grad()
-def greedy(model: Seq2SeqTransformer, src: torch.Tensor, *, bos: int, eos: int, pad: int = 0,
-           a: float = 1.2, b: int = 10, cached: bool = True) -> list[list[int]]:
-    """The argmax token each step until eos or the length limit; tokens without bos/eos."""
+def _one_by_one(model: nn.Module, src: torch.Tensor, pick, *, bos: int, eos: int, pad: int,
+                a: float, b: int, cached: bool) -> list[list[int]]:
+    """One token per sentence and step, `pick(log_probs) -> tokens`, until eos or the limit."""
     memory, mask = model.encode(src)
     step = Stepper(model, memory, mask, cached)
     limit = max_lengths(src, pad, a, b)
@@ -56,7 +58,7 @@ def greedy(model: Seq2SeqTransformer, src: torch.Tensor, *, bos: int, eos: int, 
     done = torch.zeros(len(src), dtype=torch.bool, device=src.device)
     for t in range(int(limit.max())):
         lp = _forbid(step(prefix), pad, bos, eos, limit <= t + 1)
-        token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), lp.argmax(-1))
+        token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), pick(lp))
         prefix = torch.cat([prefix, token[:, None]], 1)
         done |= token == eos
         if done.all():
@@ -65,7 +67,32 @@ def greedy(model: Seq2SeqTransformer, src: torch.Tensor, *, bos: int, eos: int, 
 
 
 @torch.no_grad()
-def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, *, beam: int, bos: int, eos: int,
+def greedy(model: nn.Module, src: torch.Tensor, *, bos: int, eos: int, pad: int = 0,
+           a: float = 1.2, b: int = 10, cached: bool = True) -> list[list[int]]:
+    """The argmax token each step until eos or the length limit; tokens without bos/eos."""
+    return _one_by_one(model, src, lambda lp: lp.argmax(-1), bos=bos, eos=eos, pad=pad, a=a,
+                       b=b, cached=cached)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, src: torch.Tensor, *, bos: int, eos: int, pad: int = 0,
+           a: float = 1.2, b: int = 10, temperature: float = 1.0, topk: int = 0,
+           generator: torch.Generator | None = None) -> list[list[int]]:
+    """Each token drawn from the model's distribution (sharpened by `temperature`, cut to the
+    `topk` most likely when > 0) with `generator`: the varied outputs back-translation likes."""
+    def pick(lp: torch.Tensor) -> torch.Tensor:
+        lp = lp / max(temperature, 1e-6)
+        if 0 < topk < lp.shape[1]:
+            cut = lp.topk(topk, dim=-1).values[:, -1:]
+            lp = lp.masked_fill(lp < cut, -torch.inf)
+        probs = lp.softmax(-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(lp.device)
+
+    return _one_by_one(model, src, pick, bos=bos, eos=eos, pad=pad, a=a, b=b, cached=True)
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, src: torch.Tensor, *, beam: int, bos: int, eos: int,
                 pad: int = 0, a: float = 1.2, b: int = 10, length_penalty: float = 1.0,
                 cached: bool = True) -> list[list[int]]:
     """Batched beam search: every sentence keeps `beam` live hypotheses; a hypothesis that

@@ -138,3 +138,74 @@ def reorder_cache(cache: list[dict], index: torch.Tensor) -> None:
         for part in layer.values():
             for name in list(part):
                 part[name] = part[name].index_select(0, index)
+
+
+class Seq2SeqRNN(nn.Module):
+    """The course's RNN: a bidirectional GRU encoder; a GRU decoder whose input embedding first
+    attends (dot product) over the encoder outputs, the context and the projected input joined
+    by a linear layer and tanh; decoder hidden = 2 x encoder hidden, started from the encoder's
+    final forward and backward states; input, output and source embeddings shared. The same
+    encode / decode / new_cache interface as the Transformer, the cache holding the GRU state."""
+
+    def __init__(self, vocab: int, *, embed: int = 256, hidden: int = 512, enc_layers: int = 1,
+                 dec_layers: int = 1, dropout: float = 0.3, pad: int = 0):
+        super().__init__()
+        self.pad, self.hidden, self.dec_layers = pad, hidden, dec_layers
+        self.embed = nn.Embedding(vocab, embed, padding_idx=pad)
+        self.encoder = nn.GRU(embed, hidden, enc_layers, batch_first=True, bidirectional=True,
+                              dropout=dropout if enc_layers > 1 else 0.0)
+        self.input_proj = nn.Linear(embed, 2 * hidden, bias=False)
+        self.output_proj = nn.Linear(4 * hidden, embed, bias=False)
+        self.decoder = nn.GRU(embed, 2 * hidden, dec_layers, batch_first=True,
+                              dropout=dropout if dec_layers > 1 else 0.0)
+        self.project_out = nn.Linear(2 * hidden, embed)
+        self.drop = nn.Dropout(dropout)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0, 0.02)
+            elif isinstance(module, nn.GRU):
+                for weight in module.parameters():
+                    nn.init.uniform_(weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.embed.weight[pad].zero_()
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs (B, S, 2H), mask (B, 1, 1, S) True on real tokens; an empty source keeps
+        its first position)."""
+        lengths = (src != self.pad).sum(1).clamp_min(1)
+        mask = torch.arange(src.shape[1], device=src.device) < lengths[:, None]
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embed(src)), lengths.cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        out, _ = self.encoder(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=src.shape[1])
+        return self.drop(out), mask[:, None, None, :]
+
+    def initial_state(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, layers, 2H): the forward direction's last output and the backward direction's
+        first, i.e. the encoder's final states, for every decoder layer."""
+        last = mask[:, 0, 0].sum(1) - 1
+        rows = torch.arange(len(memory), device=memory.device)
+        h0 = torch.cat([memory[rows, last, :self.hidden], memory[:, 0, self.hidden:]], -1)
+        return h0[:, None].expand(-1, self.dec_layers, -1).contiguous()
+
+    def new_cache(self) -> list[dict]:
+        return [{"rnn": {}}]
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, *,
+               cache: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Logits (B, T, V); with a cache, tgt holds only the new positions."""
+        state = None if cache is None else cache[0]["rnn"]
+        h = state["h"] if state and "h" in state else self.initial_state(memory, memory_mask)
+        x = self.input_proj(self.drop(self.embed(tgt)))
+        context = F.scaled_dot_product_attention(x[:, None], memory[:, None], memory[:, None],
+                                                 attn_mask=memory_mask, scale=1.0)[:, 0]
+        x = torch.tanh(self.output_proj(torch.cat([context, x], -1)))
+        x, h = self.decoder(x, h.transpose(0, 1).contiguous())
+        if state is not None:
+            state["h"] = h.transpose(0, 1)
+        return self.project_out(self.drop(x)) @ self.embed.weight.T
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, mask = self.encode(src)
+        return self.decode(tgt_in, memory, mask)

@@ -19,7 +19,7 @@ from common.io import write_text_atomic
 from common.task import DataConfig, Task
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.decode import beam_search, greedy
-from hw.hw5_translate.model import Seq2SeqTransformer
+from hw.hw5_translate.model import Seq2SeqRNN, Seq2SeqTransformer
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 JUDGEBOI_LIMIT = 700_000
@@ -37,8 +37,9 @@ class MTDataConfig(DataConfig):
 
 @dataclass
 class MTModelConfig:
-    arch: str = option("transformer", choices=("transformer",))
-    d_model: int = option(256, min=8)
+    arch: str = option("transformer", choices=("transformer", "rnn"))
+    d_model: int = option(256, min=8)           # the embedding size of both
+    rnn_hidden: int = option(512, min=1)        # rnn: encoder GRU per direction; decoder 2x
     heads: int = option(4, min=1)
     enc_layers: int = option(4, min=1)
     dec_layers: int = option(4, min=1)
@@ -169,6 +170,10 @@ class TranslationTask(Task):
     # --- model and objective --------------------------------------------------------------
     def build_model(self) -> nn.Module:
         cfg = self.config["model"]
+        if cfg.arch == "rnn":
+            return Seq2SeqRNN(self.sp.get_piece_size(), embed=cfg.d_model,
+                              hidden=cfg.rnn_hidden, enc_layers=cfg.enc_layers,
+                              dec_layers=cfg.dec_layers, dropout=cfg.dropout, pad=PAD)
         if cfg.d_model % cfg.heads:
             raise UserError(f"model.d_model={cfg.d_model} must be a multiple of "
                             f"model.heads={cfg.heads}")
