@@ -8,7 +8,6 @@ by length ** length_penalty."""
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from hw.hw5_translate.model import reorder_cache
