@@ -192,11 +192,11 @@ def default_checkpoint(config: Config) -> str:
     return f"average-last{count}" if count > 0 else config["predict"].ckpt
 
 
-def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
-                data_dir: str | None = None, out_dir: Path | None = None,
-                tta: int | None = None) -> Path:
-    """Rebuild a finished run's model from its checkpoint and write its submission again
-    (into out_dir, default the run directory)."""
+def load_run_model(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
+                   data_dir: str | None = None, tta: int | None = None):
+    """A finished run's task (its config, with data_dir / tta if given, and the state fitted on
+    the data) and model with the weights of `ckpt` (default: what train predicted with), and
+    that checkpoint's path."""
     run_dir = Path(run_dir)
     config = load_run_config(task_cls, run_dir)
     if data_dir:
@@ -208,16 +208,26 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     task = task_cls(config)
     task.load_state_dict(state.get("task", {}))
     set_cpu_threads(config["trainer"].threads)
-    test_data = task.load_test(data_dir_of(task))
     model = task.build_model()
     try:
         model.load_state_dict(prediction_weights(state))
     except RuntimeError as exc:
         raise UserError(f"checkpoint does not fit the model of {RunDir(run_dir).config}: "
                         f"{str(exc).splitlines()[0]}") from None
+    return task, model, ckpt_path
+
+
+def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None = None,
+                data_dir: str | None = None, out_dir: Path | None = None,
+                tta: int | None = None) -> Path:
+    """Rebuild a finished run's model from its checkpoint and write its submission again
+    (into out_dir, default the run directory)."""
+    task, model, ckpt_path = load_run_model(task_cls, run_dir, ckpt=ckpt, data_dir=data_dir,
+                                            tta=tta)
+    test_data = task.load_test(data_dir_of(task))
     trainer = make_trainer(task, model, None)
     say(f"predicting with {ckpt_path}")
-    return predict_and_write(task, trainer, test_data, out_dir or run_dir)
+    return predict_and_write(task, trainer, test_data, out_dir or Path(run_dir))
 
 
 def _member_config(task_cls: type[Task], member: Path) -> Config:

@@ -29,7 +29,12 @@ TASKS = {
                     {"featurize": ("turn your own audio into the course's Dataset/ layout",
                                    "hw.hw4_speaker.data:featurize_command")}),
     "hw5": LazyTask("HW5 English to Chinese translation (JudgeBoi)",
-                    "hw.hw5_translate.task:TranslationTask"),
+                    "hw.hw5_translate.task:TranslationTask",
+                    {"backtranslate": ("turn monolingual Chinese into synthetic pairs with a "
+                                       "zh-en run", "hw.hw5_translate.commands:"
+                                       "backtranslate_command"),
+                     "report": ("the report's figures: positional-embedding similarity, "
+                                "gradient norms", "hw.hw5_translate.commands:report_command")}),
     "hw7": LazyTask("HW7 BERT extractive question answering (ml2022spring-hw7)",
                     "hw.hw7_qa.task:QATask",
                     {"spans": ("how many train and dev answers the window settings can "

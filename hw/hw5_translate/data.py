@@ -69,13 +69,16 @@ def read_parallel(en_path: Path, zh_path: Path) -> tuple[list[str], list[str]]:
     return en, zh
 
 
-def test_path(root: Path) -> Path:
+def test_path(root: Path, lang: str = "en") -> Path:
+    """The test file of one side: test/test.<lang> or test.raw.<lang> (the Chinese side is the
+    course's pseudo-reference, every line 。; a zh-en run translates it, harmlessly)."""
     for name in TEST_NAMES:
+        name = name[:-2] + lang
         for base in (root, root.parent):
             if (base / name).is_file():
                 return base / name
-    raise UserError(f"{root}: no test/test.en or test.raw.en; extract the course's test.tgz "
-                    "beside raw.en")
+    raise UserError(f"{root}: no test/test.{lang} or test.raw.{lang}; extract the course's "
+                    f"test.tgz beside raw.en")
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -159,14 +162,42 @@ def load_corpus(data_dir: str | Path, *, min_len: int = 1, max_len: int = 1000,
                 ratio: float = 9.0) -> Corpus:
     root = find_root(data_dir)
     en_raw, zh_raw = read_parallel(*train_pair_paths(root))
+    en, zh = clean_filter(en_raw, zh_raw, min_len=min_len, max_len=max_len, ratio=ratio)
+    test = [clean_en(s) for s in read_lines(test_path(root))]
+    return Corpus(root, en, zh, test, len(en_raw))
+
+
+def clean_filter(en_raw: list[str], zh_raw: list[str], **filters) -> tuple[list[str], list[str]]:
+    """Both sides cleaned, then the pairs keep_pair accepts."""
     en, zh = [], []
     for a, b in zip(en_raw, zh_raw, strict=True):
         a, b = clean_en(a), clean_zh(b)
-        if keep_pair(a, b, min_len=min_len, max_len=max_len, ratio=ratio):
+        if keep_pair(a, b, **filters):
             en.append(a)
             zh.append(b)
-    test = [clean_en(s) for s in read_lines(test_path(root))]
-    return Corpus(root, en, zh, test, len(en_raw))
+    return en, zh
+
+
+SYNTHETIC = "synthetic"
+
+
+def synthetic_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """<prefix>.en / <prefix>.zh, or synthetic.en / .zh inside a folder."""
+    prefix = Path(prefix).expanduser()
+    if prefix.is_dir():
+        prefix = prefix / SYNTHETIC
+    return prefix.with_name(prefix.name + ".en"), prefix.with_name(prefix.name + ".zh")
+
+
+def load_synthetic(prefix: str | Path, **filters) -> Corpus:
+    """Back-translated pairs (data.synthetic), cleaned and filtered like the real ones."""
+    en_path, zh_path = synthetic_paths(prefix)
+    if not en_path.is_file() and not zh_path.is_file():
+        raise UserError(f"{en_path}: missing (data.synthetic); write it with `hw5 "
+                        "backtranslate --run RUN --mono FILE` first")
+    en_raw, zh_raw = read_parallel(en_path, zh_path)
+    en, zh = clean_filter(en_raw, zh_raw, **filters)
+    return Corpus(en_path.parent, en, zh, [], len(en_raw))
 
 
 # --------------------------------------------------------------------------- subwords

@@ -5,6 +5,7 @@ prediction.txt (one detokenised line per test sentence, JudgeBoi's 700 kB limit 
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from common.config import option
 from common.data import LengthBatchSampler
 from common.errors import UserError
 from common.io import write_text_atomic
+from common.rundir import RunDir
 from common.task import DataConfig, Task
 from hw.hw5_translate import data as mt
-from hw.hw5_translate.decode import beam_search, greedy
+from hw.hw5_translate.decode import beam_search, greedy, sample
 from hw.hw5_translate.model import Seq2SeqRNN, Seq2SeqTransformer
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -33,6 +35,10 @@ class MTDataConfig(DataConfig):
     vocab_size: int = option(8000, min=16)
     max_tokens: int = option(8192, min=1)       # padded tokens per batch, the longer side
     cache_dir: str = ".cache/hw5"               # the SentencePiece model; "": none
+    # back-translated pairs for training only: the prefix (or folder) of synthetic.en /
+    # synthetic.zh as `hw5 backtranslate` writes them; cleaned and filtered like the real ones
+    synthetic: str = ""
+    real_upsample: int = option(1, min=1)       # each real training pair seen N times an epoch
 
 
 @dataclass
@@ -89,9 +95,12 @@ class Pairs:
 
 @dataclass
 class Bitext:
+    """Real pairs (rows 0..n_real-1, the ones split, validated and folded) then synthetic."""
+
     corpus: mt.Corpus
     src: mt.Packed
     tgt: mt.Packed
+    n_real: int
 
 
 class TranslationTask(Task):
@@ -109,6 +118,7 @@ class TranslationTask(Task):
         super().__init__(config)
         self.spm_proto: bytes = b""
         self._sp = None
+        self.sampling: dict | None = None  # sample() options: predictions drawn, not searched
 
     # --- subwords -----------------------------------------------------------------------
     @property
@@ -136,27 +146,35 @@ class TranslationTask(Task):
                           cache_dir=cfg.cache_dir, sources=list(mt.train_pair_paths(corpus.root)))
         self.spm_proto, self._sp = sp.serialized_model_proto(), sp
         src, tgt = self._sides(corpus)
-        return Bitext(corpus, mt.pack(sp, src), mt.pack(sp, tgt))
+        if cfg.synthetic:  # subwords come from the real pairs alone, as for the backward model
+            syn = mt.load_synthetic(cfg.synthetic)
+            extra_src, extra_tgt = self._sides(syn)
+            src, tgt = src + extra_src, tgt + extra_tgt
+        return Bitext(corpus, mt.pack(sp, src), mt.pack(sp, tgt), len(corpus))
 
     def load_test(self, data_dir: Path) -> mt.Packed:
-        root = mt.find_root(data_dir)
-        path = mt.test_path(root)
-        clean = mt.CLEAN[self.config["data"].direction.split("-")[0]]
-        return mt.pack(self.sp, [clean(s) for s in mt.read_lines(path)])
+        source = self.config["data"].direction.split("-")[0]
+        path = mt.test_path(mt.find_root(data_dir), source)
+        return mt.pack(self.sp, [mt.CLEAN[source](s) for s in mt.read_lines(path)])
 
     def num_train(self, data: Bitext) -> int:
-        return len(data.src)
+        return data.n_real
 
     def split(self, data: Bitext):
         cfg = self.config["data"]
-        return mt.split_valid(len(data.src), cfg.valid_ratio, cfg.split_seed)
+        return mt.split_valid(data.n_real, cfg.valid_ratio, cfg.split_seed)
 
     def labelled_dataset(self, data: Bitext, idx):
         return Pairs(data.src, data.tgt, idx)
 
     def make_datasets(self, data: Bitext, train_idx, valid_idx):
+        """Training: the real pairs of train_idx data.real_upsample times, then every synthetic
+        pair once; validation: real pairs only."""
+        rows = np.concatenate([np.tile(np.asarray(train_idx, dtype=np.int64),
+                                       self.config["data"].real_upsample),
+                               np.arange(data.n_real, len(data.src), dtype=np.int64)])
         valid = self.labelled_dataset(data, valid_idx) if len(valid_idx) else None
-        return self.labelled_dataset(data, train_idx), valid
+        return self.labelled_dataset(data, rows), valid
 
     def make_test_dataset(self, data: mt.Packed):
         return Pairs(data, None, np.arange(len(data)))
@@ -202,6 +220,8 @@ class TranslationTask(Task):
         beam = cfg.beam if beam is None else beam
         model = getattr(model, "module", model)
         kw = dict(bos=BOS, eos=EOS, pad=PAD, a=cfg.max_len_a, b=cfg.max_len_b)
+        if self.sampling is not None:
+            return sample(model, src, **self.sampling, **kw)
         if beam <= 1:
             return greedy(model, src, **kw)
         return beam_search(model, src, beam=beam, length_penalty=cfg.length_penalty, **kw)
@@ -220,7 +240,8 @@ class TranslationTask(Task):
         import sacrebleu
 
         refs = [self.sp.decode(dataset.tgt[r].tolist()) for r in dataset.rows]
-        return {"bleu": sacrebleu.corpus_bleu(texts, [refs], tokenize="zh").score}
+        tokenize = "zh" if self.config["data"].direction.endswith("zh") else "13a"
+        return {"bleu": sacrebleu.corpus_bleu(texts, [refs], tokenize=tokenize, force=True).score}
 
     def write_submission(self, data, texts, path: Path) -> Path:
         if len(texts) != len(data):
@@ -247,9 +268,12 @@ class TranslationTask(Task):
 
     @classmethod
     def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
-        """BLEU of prediction.txt against the demo's references (cleaned like the targets)."""
+        """BLEU of an en-zh run's prediction.txt against the demo's references (cleaned like
+        the targets); a zh-en run has none (it translated the pseudo-reference)."""
         refs = Path(data_dir) / mt.DEMO_REFERENCES
-        if not refs.is_file():
+        config = RunDir(Path(submission).parent).config
+        if not refs.is_file() or (config.is_file() and tomllib.loads(config.read_text(
+                encoding="utf-8")).get("data", {}).get("direction") == "zh-en"):
             return None
         import sacrebleu
 
