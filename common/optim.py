@@ -14,19 +14,21 @@ from common.config import option
 from common.errors import UserError
 
 SCHEDULES = ("constant", "step", "cosine", "linear", "inverse_sqrt")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
 
 @dataclass
 class OptimConfig:
-    name: str = option("adamw", choices=OPTIMIZERS)  # sgd | adam | adamw
+    name: str = option("adamw", choices=OPTIMIZERS)  # sgd | adam | adamw | rmsprop
     lr: float = option(1e-3, min=0.0)
     weight_decay: float = option(0.0, min=0.0)
     no_decay_bias_norm: bool = False  # no weight decay on biases and norm weights (1-D params)
     # layer-wise lr decay: layer l of L gets lr * decay^(L - l); needs a task that numbers its
     # layers (Objective.layer_id)
     layer_decay: float = option(1.0, min=1e-12, max=1.0)
-    momentum: float = option(0.9, min=0.0, below=1.0)  # sgd only
+    momentum: float = option(0.9, min=0.0, below=1.0)  # sgd (rmsprop: rmsprop_momentum)
+    alpha: float = option(0.99, min=0.0, below=1.0)    # rmsprop: smoothing of squared grads
+    rmsprop_momentum: float = option(0.0, min=0.0, below=1.0)
     nesterov: bool = False         # sgd only
     betas: list[float] = option(factory=lambda: [0.9, 0.999], min=0.0, below=1.0)
     eps: float = option(1e-8, min=0.0)
@@ -83,7 +85,10 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                    weight_decay=cfg.weight_decay)
-    raise UserError(f"optim.name={cfg.name!r} is unknown; choose sgd, adam or adamw")
+    if name == "rmsprop":  # the WGAN paper's choice
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
+                                   weight_decay=cfg.weight_decay, momentum=cfg.rmsprop_momentum)
+    raise UserError(f"optim.name={cfg.name!r} is unknown; choose sgd, adam, adamw or rmsprop")
 
 
 def lr_factor(step: int, cfg: SchedConfig, *, total_steps: int, steps_per_epoch: int) -> float:

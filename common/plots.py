@@ -23,14 +23,16 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, monitor: str 
     panels = 1 + bool(metrics)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0][0]
-    for key in ("train_loss", "valid_loss"):
-        if key in history[0]:
-            ax.plot(steps, [row[key] for row in history], label=key)
+    losses = [k for k in history[0]   # a GAN logs train_loss_d and train_loss_g
+              if k in ("train_loss", "valid_loss") or k.startswith("train_loss_")]
+    for key in losses:
+        ax.plot(steps, [row.get(key, float("nan")) for row in history], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    if all(row.get("valid_loss", 1) > 0 for row in history):
+    if all(row.get(k, 1) > 0 for row in history for k in losses):
         ax.set_yscale("log")
-    ax.legend()
+    if losses:
+        ax.legend()
     if metrics:
         ax = axes[0][1]
         for key in metrics:

@@ -35,6 +35,13 @@ TASKS = {
                                        "backtranslate_command"),
                      "report": ("the report's figures: positional-embedding similarity, "
                                 "gradient norms", "hw.hw5_translate.commands:report_command")}),
+    "hw6": LazyTask("HW6 anime-face generation (JudgeBoi)", "hw.hw6_gan.task:GanTask",
+                    {"generate": ("write 1000 faces and JudgeBoi's submission.tgz from a run",
+                                  "hw.hw6_gan.commands:generate_command"),
+                     "fid": ("the FID (or proxy FID) between two folders or archives of images",
+                             "hw.hw6_gan.commands:fid_command"),
+                     "report": ("the report's figure: D's per-layer gradient norms of runs",
+                                "hw.hw6_gan.commands:report_command")}),
     "hw7": LazyTask("HW7 BERT extractive question answering (ml2022spring-hw7)",
                     "hw.hw7_qa.task:QATask",
                     {"spans": ("how many train and dev answers the window settings can "
