@@ -24,14 +24,16 @@ INCEPTION_HINT = ("torchvision's ImageNet InceptionV3 weights, inception_v3_goog
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray,
                      cov2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1^1/2 C2 C1^1/2)^1/2), in float64."""
+    """||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1^1/2 C2 C1^1/2)^1/2), in float64 (the
+    trace term is tr((C1 C2)^1/2), computed from symmetric matrices so it stays real)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
     vals, vecs = np.linalg.eigh((cov1 + cov1.T) / 2)
     root1 = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
     inner = root1 @ cov2 @ root1
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * cross)
+    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * cross)
+    return max(value, 0.0)  # a distance: below 0 only by rounding (singular covariances)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +43,10 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class ProxyFeatures(nn.Module):
     """A fixed random network (seeded, never trained): four stride-2 convolutions with ReLU on
-    64 x 64 inputs, each level's channel means and the last level's 4 x 4 map concatenated
-    (480 + 4096 features). Not Inception: a proxy, labelled so wherever it is reported."""
+    64 x 64 inputs, each level's channel means and the last level's 2 x 2 map concatenated
+    (480 + 1024 features: colour and texture statistics and the coarse layout, small enough
+    for a covariance that costs under a second). Not Inception: a proxy, labelled so
+    wherever it is reported."""
 
     name = "proxy"
 
@@ -62,14 +66,14 @@ class ProxyFeatures(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [-1, 1] -> (B, 4576) features."""
+        """x: (B, 3, H, W) in [-1, 1] -> (B, 1504) features."""
         x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear",
                           align_corners=False, antialias=True)
         parts = []
         for conv in self.layers:
             x = F.relu(conv(x))
             parts.append(x.mean((2, 3)))
-        parts.append(F.adaptive_avg_pool2d(x, 4).flatten(1))
+        parts.append(F.adaptive_avg_pool2d(x, 2).flatten(1))
         return torch.cat(parts, 1)
 
 
@@ -113,7 +117,10 @@ class InceptionFeatures(nn.Module):
 
 
 def feature_network(inception: str = "", device: torch.device | str = "cpu") -> nn.Module:
-    net = InceptionFeatures(inception) if inception else ProxyFeatures()
+    """Built without touching torch's global RNG (layer constructors draw from it), so that a
+    network first built mid-training changes nothing for an exact resume."""
+    with torch.random.fork_rng(devices=[]):
+        net = InceptionFeatures(inception) if inception else ProxyFeatures()
     return net.to(device).eval()
 
 

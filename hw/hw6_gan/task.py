@@ -38,6 +38,7 @@ from hw.hw6_gan.models import (
     DCGANGenerator,
     ResidualDiscriminator,
     StyleGenerator,
+    _levels,
     weight_layers,
 )
 
@@ -188,6 +189,7 @@ class GanTask(Task):
         self._features: dict[str, nn.Module] = {}
         self._real: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.policy = parse_policy(config["model"].augment)
+        _levels(config["data"].image_size)  # a size the networks cannot build: one line now
         self.faces: np.ndarray | None = None
         self.faces_key = ""
 
