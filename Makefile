@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw4_pipeline.py
 	$(PY) scripts/bench/hw5_batches.py
 	$(PY) scripts/bench/hw5_decode.py
+	$(PY) scripts/bench/hw6_train.py
 
 clean:
 	rm -rf $(VENV) runs
