@@ -15,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from common import distributed
-from common.config import load_config
+from common.config import load_config, toml_value
 from common.errors import UserError
 from common.fusion import FUSABLE
+from common.handoff import handoff
 from common.kfold import kfold_run, predict_kfold
 from common.pipeline import (
     average_run,
@@ -109,6 +110,34 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     which.add_argument("--best", type=int, metavar="N",
                        help="the N kept checkpoints with the best monitored metric")
     av.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
+    tu = _add_train_parser(
+        actions, name, "tune", "an Optuna study over the recipe's [tune.space]",
+        "Run an Optuna study: each trial is an ordinary run under <study>/trials/ with "
+        "overrides sampled from the recipe's [tune.space]; the objective is the monitored "
+        "metric (or the out-of-fold one with --folds). The study lives in <study>/study.db "
+        "(SQLite) unless --storage names another database; --resume continues it.")
+    tu.add_argument("--trials", type=int, metavar="N",
+                    help="trials the study should hold, finished or pruned (tune.trials)")
+    tu.add_argument("--timeout", type=float, metavar="S",
+                    help="stop starting trials after S seconds (tune.timeout)")
+    tu.add_argument("--sampler", choices=("tpe", "random"), help="tune.sampler (default tpe)")
+    tu.add_argument("--pruner", choices=("median", "hyperband", "none"),
+                    help="tune.pruner (default median)")
+    tu.add_argument("--storage", metavar="URL",
+                    help="an Optuna storage URL shared by several processes or machines, e.g. "
+                    "postgresql://user:pass@host/db (default: sqlite in the study folder)")
+    tu.add_argument("--study-name", metavar="NAME",
+                    help="the study's name in the storage (default: the study folder's name)")
+    tu.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="processes on this machine working on the study")
+    tu.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="objective: the out-of-fold metric of K-fold runs")
+    tu.add_argument("--ensemble-top", type=int, default=0, metavar="K",
+                    help="fuse the test outputs of the best K trials at the end")
+    dl = actions.add_parser("download", help="download the data with the kaggle CLI",
+                            description="Download and extract the competition's data with the "
+                            "kaggle CLI (installed and configured with your API token).")
+    dl.add_argument("--dest", metavar="DIR", help=f"destination (default: data/{name})")
     dd = actions.add_parser("demo-data", help="write the synthetic demo data set")
     dd.add_argument("--dest", metavar="DIR", help=f"destination (default: data/demo/{name})")
 
@@ -117,6 +146,20 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     parser = argparse.ArgumentParser(prog="run.py", description="NTU ML 2022 homework runner")
     sub = parser.add_subparsers(dest="task", required=True, metavar="COMMAND")
     sub.add_parser("list", help="list the homeworks")
+    rp = sub.add_parser("runs", help="every run under runs/ as a table",
+                        description="Every run under runs/ (or --root): name, date, state, "
+                        "what its config changes against the homework's default recipe, its "
+                        "best monitored metric and where.")
+    rp.add_argument("--hw", metavar="HW", help="one homework only")
+    rp.add_argument("--sort", metavar="METRIC", help="sort by this metric (e.g. valid_acc)")
+    rp.add_argument("--root", default="runs", metavar="DIR", help="where runs live (runs)")
+    cp = sub.add_parser("compare", help="overlay runs' validation curves, diff their configs",
+                        description="Overlay the validation curves of runs in one PNG and "
+                        "print their config differences side by side.")
+    cp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cp.add_argument("--metric", metavar="M", help="the curve to draw (default: the first "
+                    "run's trainer.monitor)")
+    cp.add_argument("--out", metavar="FILE", help="the PNG (default: compare.png here)")
     for name in tasks:
         _add_task_parser(sub, name, titles.get(name, name),
                          getattr(tasks[name], "commands", {}))
@@ -190,8 +233,72 @@ def _train(task_cls: type[Task], args) -> int:
     elif result["best"] is not None:
         say(f"best {config['trainer'].monitor}: {result['best']:.5g}")
     say(f"submission: {result['submission']}")
+    if distributed.is_main():
+        handoff(task_cls, result["submission"], Path(run_dir).name)
     if args.demo and distributed.is_main():  # rank 0 wrote the submission
         demo_summary(task_cls, Path(config["data"].dir), run_dir, result["submission"])
+    return 0
+
+
+def _tune(task_cls: type[Task], args) -> int:
+    """`<hw> tune`: start a study (its folder, study.json) or continue one (--resume)."""
+    from common.tune import Study, format_table, tune
+
+    if args.resume:
+        if args.config or args.overrides or args.data or args.demo or args.out:
+            raise UserError("--resume continues a study with its saved study.json; pass "
+                            "--resume STUDY_DIR (with --workers, --trials or --timeout at most)")
+        study = Study.load(Path(args.resume))
+        for key in ("trials", "timeout"):
+            if getattr(args, key) is not None:
+                setattr(study, key, getattr(args, key))
+    else:
+        config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
+            f"{task_cls.demo_config if args.demo and task_cls.demo_config else task_cls.name}.toml"
+        overrides = list(args.overrides)
+        if args.demo or args.data:
+            data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
+            overrides.append(f"data.dir={toml_value(str(data_dir.resolve()))}")
+        if args.dry_run:
+            overrides += ["trainer.epochs=1", "trainer.max_batches_per_epoch=2",
+                          "trainer.max_eval_batches=2", "trainer.eval_every_steps=0",
+                          "trainer.ckpt_every_steps=0"]
+        config = load_config(task_cls.schema(), config_path, overrides)
+        from common.tune import parse_space
+
+        parse_space(config["tune"].space, task_cls.schema())  # a bad space: one line, now
+        cfg = config["tune"]
+        name = f"{config_path.stem}-tune" + ("-demo" if args.demo else "")
+        folder = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
+        if (folder / "study.json").exists():
+            raise UserError(f"{folder}: already holds a study; continue it with --resume "
+                            f"{folder} or choose another --out")
+        RunDir(folder).check_writable()
+        folder.mkdir(parents=True, exist_ok=True)
+        study = Study(task=task_cls.name, config=str(config_path), overrides=overrides,
+                      folder=str(folder.resolve()),
+                      storage=args.storage or f"sqlite:///{(folder / 'study.db').resolve()}",
+                      name=args.study_name or folder.name,
+                      trials=args.trials or cfg.trials,
+                      timeout=args.timeout if args.timeout is not None else cfg.timeout,
+                      sampler=args.sampler or cfg.sampler, pruner=args.pruner or cfg.pruner,
+                      seed=cfg.seed, folds=args.folds, startup_trials=cfg.startup_trials,
+                      warmup_evals=cfg.warmup_evals)
+        study.save()
+    say(f"study: {study.folder} ({study.storage}, {study.trials} trials, {study.sampler}, "
+        f"pruner {study.pruner})")
+    result = tune(task_cls, study, resume=bool(args.resume), workers=max(1, args.workers),
+                  task_path=f"{task_cls.__module__}:{task_cls.__name__}",
+                  ensemble_top=args.ensemble_top)
+    print(format_table(result["table"]))
+    say(f"trials: {Path(study.folder) / 'trials.csv'}")
+    if result["best"] is not None:
+        best = result["best"]
+        say(f"best: trial {best.number}, value {best.value:.5g}, run "
+            f"{best.user_attrs.get('run_dir')}")
+    if result["ensemble"] is not None:
+        say(f"ensemble of the best {args.ensemble_top}: {result['ensemble']}")
+        handoff(task_cls, result["ensemble"], Path(study.folder).name)
     return 0
 
 
@@ -241,13 +348,28 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
             print(f"{name:6s} {titles[name]}")
         return 0
     try:
+        if args.task in ("runs", "compare"):
+            from common import runs as run_table
+
+            if args.task == "runs":
+                return run_table.runs_command(tasks, args.root, hw=args.hw, sort=args.sort)
+            return run_table.compare_command(tasks, args.runs, metric=args.metric,
+                                             out=args.out)
         task_cls = tasks[args.task]()
+        if args.action == "tune":
+            return _tune(task_cls, args)
+        if args.action == "download":
+            from common.handoff import download
+
+            say(f"data: {download(task_cls, Path(args.dest or f'data/{task_cls.name}'))}")
+            return 0
         if args.action in ("train", "kfold"):
             return _train(task_cls, args)
         if args.action == "predict":
             predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
             path = predict(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
             say(f"submission: {path}")
+            handoff(task_cls, path, Path(args.run).name)
             return 0
         if args.action == "ensemble":
             out = Path(args.out) if args.out else \
@@ -255,12 +377,14 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
             path = ensemble_run(task_cls, args.members, out, method=args.method,
                                 weights=args.weights, data_dir=args.data)
             say(f"submission: {path}")
+            handoff(task_cls, path, out.name)
             return 0
         if args.action == "average":
             select = "best" if args.best is not None else "last"
             path = average_run(task_cls, args.run, args.best if select == "best" else args.last,
                                select=select, data_dir=args.data)
             say(f"submission: {path}")
+            handoff(task_cls, path, Path(args.run).name)
             return 0
         if args.action == "demo-data":
             say(f"demo data: {demo_dir(task_cls, args.dest)}")

@@ -28,7 +28,9 @@ log = logging.getLogger("mlhw")
 
 @contextlib.contextmanager
 def run_logging(run_dir: Path):
-    """Send the 'mlhw' log to run_dir/log.txt for the duration of a run (rank 0 only)."""
+    """Send the 'mlhw' log to run_dir/log.txt for the duration of a run, and keep
+    run_dir/status.json saying how the run stands (rank 0 only): running (with the process id),
+    then finished, interrupted (Ctrl-C), pruned (by a tuner) or failed (with the error)."""
     if not distributed.is_main():
         yield
         return
@@ -37,8 +39,19 @@ def run_logging(run_dir: Path):
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    RunDir(run_dir).set_status("running")
     try:
         yield
+    except KeyboardInterrupt:
+        RunDir(run_dir).set_status("interrupted")
+        raise
+    except BaseException as exc:
+        pruned = type(exc).__name__ == "TrialPruned"
+        RunDir(run_dir).set_status("pruned" if pruned else "failed",
+                                   error=(str(exc).splitlines() or [type(exc).__name__])[0])
+        raise
+    else:
+        RunDir(run_dir).set_status("finished")
     finally:
         log.removeHandler(handler)
         handler.close()

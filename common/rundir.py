@@ -68,6 +68,42 @@ class RunDir:
     kfold = property(lambda self: self.path / "kfold.csv")
     oof = property(lambda self: self.path / "oof.pt")
 
+    status_file = property(lambda self: self.path / "status.json")
+
+    def set_status(self, state: str, **info) -> None:
+        import json
+        import os
+        import socket
+
+        from common.io import write_text_atomic
+
+        write_text_atomic(self.status_file, json.dumps(
+            {"state": state, "pid": os.getpid(), "host": socket.gethostname(),
+             "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}) + "\n")
+
+    def status(self) -> dict:
+        """How the run stands: finished, interrupted, pruned, failed, or running; a run whose
+        process is gone (killed) reads as interrupted. Runs from before status.json: finished
+        when they hold a submission-like output, else interrupted."""
+        import json
+        import os
+        import socket
+
+        try:
+            info = json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            done = self.outputs.is_file() or (self.path / "kfold.csv").is_file()
+            return {"state": "finished" if done else "interrupted"}
+        if info.get("state") == "running" and info.get("host") == socket.gethostname():
+            try:
+                pid = int(info.get("pid", 0))
+                if pid <= 0:
+                    raise ValueError(pid)
+                os.kill(pid, 0)
+            except (ProcessLookupError, ValueError):
+                info["state"] = "interrupted"  # the process died without a word
+        return info
+
     def checkpoint(self, which: str) -> Path:
         """best | last | average-last<N> / average-best<N> (written by averaging) | a path."""
         named = which in ("best", "last") or re.fullmatch(r"average-(last|best)\d+", which)

@@ -30,11 +30,45 @@ def as_number(value: Any) -> Any:
 
 
 class RunLog:
-    """Writes only when `writes` (rank 0 with a run directory); prints on rank 0."""
+    """Writes only when `writes` (rank 0 with a run directory); prints on rank 0. With
+    `tensorboard`, every steps.csv and metrics.csv value also goes to TensorBoard event files
+    in <run>/tensorboard/ (train/<key> per update, eval/<key> per evaluation)."""
 
-    def __init__(self, run, *, writes: bool, main: bool):
+    def __init__(self, run, *, writes: bool, main: bool, tensorboard: bool = False):
         self.run, self.writes, self.main = run, writes, main
         self.pending_steps: list[dict[str, Any]] = []  # rows not yet in steps.csv
+        self.tensorboard, self._board = tensorboard and writes, None
+
+    def board(self, purge_step: int | None = None):
+        """The SummaryWriter (opened on first use; purge_step drops events logged after a
+        checkpoint that a resume goes back to)."""
+        if self._board is None and self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from common.errors import UserError
+
+                raise UserError("trainer.tensorboard needs TensorBoard: pip install tensorboard "
+                                "(or pip install -e '.[tensorboard]')") from None
+            self._board = SummaryWriter(str(self.run.path / "tensorboard"),
+                                        purge_step=purge_step)
+        return self._board
+
+    def _scalars(self, prefix: str, row: dict[str, Any]) -> None:
+        board = self.board()
+        if board is None:
+            return
+        step = int(as_number(row.get("step", 0)))
+        for key, value in row.items():
+            value = as_number(value)
+            if key not in ("step", "epoch") and isinstance(value, int | float):
+                board.add_scalar(f"{prefix}/{key}", value, step)
+        board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def say(self, message: str, console: bool = True) -> None:
         if not self.main:
@@ -58,6 +92,7 @@ class RunLog:
         """Add the newest row of `history` (the whole file for the first one)."""
         if not self.writes:
             return
+        self._scalars("eval", history[-1])
         fields = list(dict.fromkeys(k for row in history[:-1] for k in row))
         if len(history) == 1 or not self.run.metrics.exists() or set(history[-1]) - set(fields):
             self.rewrite_metrics(history)  # first row, or a new column
@@ -76,6 +111,8 @@ class RunLog:
             return
         rows = [{k: as_number(v) for k, v in row.items()} for row in self.pending_steps]
         self.pending_steps = []
+        for row in rows:
+            self._scalars("train", row)
         path = self.run.steps
         header = None
         if path.exists() and path.stat().st_size:
@@ -90,8 +127,12 @@ class RunLog:
             writer.writerows(rows)
 
     def truncate_steps(self, step: int) -> None:
-        """Back to a checkpoint of update `step`: drop the rows logged after it."""
+        """Back to a checkpoint of update `step`: drop the rows logged after it (and the
+        TensorBoard events after it)."""
         self.pending_steps = []
+        if self.tensorboard:
+            self.close()
+            self.board(purge_step=step + 1)
         if not self.writes or not self.run.steps.exists():
             return
         with open(self.run.steps, newline="", encoding="utf-8") as fh:

@@ -18,6 +18,7 @@ from common.mix import MixConfig, classification_loss
 from common.objective import Objective
 from common.optim import OptimConfig, SchedConfig
 from common.trainer import TrainerConfig
+from common.tune import TuneConfig
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     download_hint: ClassVar[str] = ""
+    kaggle_competition: ClassVar[str] = ""  # the Kaggle slug: `download` and the submit line
+    grader_note: ClassVar[str] = ""         # how to hand in elsewhere ({submission})
     demo_answers: ClassVar[str] = ""      # the demo test set's answer key, beside the data
     demo_config: ClassVar[str] = ""       # configs/<this>.toml for --demo without --config
     demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
@@ -85,7 +88,7 @@ class Task(Objective):
     def schema(cls) -> dict[str, type]:
         return {"data": cls.data_config, "model": cls.model_config, "optim": OptimConfig,
                 "sched": SchedConfig, "trainer": TrainerConfig, "mix": MixConfig,
-                "predict": PredictConfig, "kfold": KFoldConfig}
+                "predict": PredictConfig, "kfold": KFoldConfig, "tune": TuneConfig}
 
     # --- data --------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> Any:

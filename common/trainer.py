@@ -83,6 +83,7 @@ class TrainerConfig:
     # keep the weights of the last N evaluations as checkpoints/step-*.pt (for `average`)
     keep_checkpoints: int = option(0, min=0)
     keep_best_checkpoints: int = option(0, min=0)  # also keep the N best by the monitored metric
+    tensorboard: bool = False         # also TensorBoard event files in <run>/tensorboard/
     max_batches_per_epoch: int = option(0, min=0)  # for dry runs; 0: all
     max_eval_batches: int = option(0, min=0)  # for dry runs; 0: all
 
@@ -201,7 +202,8 @@ class Trainer:
         self.ckpts = CheckpointManager(self.run, writes=self.writes,
                                        keep_last=cfg.keep_checkpoints,
                                        keep_best=cfg.keep_best_checkpoints, mode=cfg.mode)
-        self.log = RunLog(self.run, writes=self.writes, main=distributed.is_main())
+        self.log = RunLog(self.run, writes=self.writes, main=distributed.is_main(),
+                          tensorboard=cfg.tensorboard)
         self.callbacks = [*objective.callbacks(), *callbacks]
         self.extra_state = extra_state or {}
         self.state = TrainState()
@@ -524,6 +526,7 @@ class Trainer:
             self.save_best({"epoch": st.epoch, "step": st.step})
         self.save_last()
         self.log.plot(st.history, cfg.monitor)
+        self.log.close()
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return st

@@ -29,3 +29,17 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run scripts/run.py in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args],
                           capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
+
+
+def train_in_process(hw: str, data: Path, out: Path, config: str, *sets: str,
+                     cache: str = "cache", dry: bool = False) -> int:
+    """`run.py <hw> train` in this process on the CPU, the data cache beside the run, quiet,
+    with --set for each of sets; returns the exit status."""
+    from hw.cli import main as cli_main
+
+    args = [hw, "train", "--data", str(data), "--config", config, "--out", str(out),
+            "--set", f'data.cache_dir="{out.parent / cache}"', "--set", 'trainer.device="cpu"',
+            "--set", "trainer.print_every_evals=1000"]
+    for s in sets:
+        args += ["--set", s]
+    return cli_main(args + (["--dry-run"] if dry else []))

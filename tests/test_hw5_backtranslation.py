@@ -16,7 +16,7 @@ from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.model import Seq2SeqRNN
 from hw.hw5_translate.task import TranslationTask
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_in_process
 
 CPU = str(ROOT / "configs" / "hw5_cpu.toml")
 
@@ -27,12 +27,7 @@ def demo(tmp_path_factory):
 
 
 def train(demo, out, *sets, dry=False):
-    args = ["hw5", "train", "--data", str(demo), "--config", CPU, "--out", str(out),
-            "--set", f'data.cache_dir="{out.parent / "spm"}"', "--set", 'trainer.device="cpu"',
-            "--set", "trainer.print_every_evals=1000"]
-    for s in sets:
-        args += ["--set", s]
-    return cli_main(args + (["--dry-run"] if dry else []))
+    return train_in_process("hw5", demo, out, CPU, *sets, cache="spm", dry=dry)
 
 
 @pytest.fixture(scope="module")

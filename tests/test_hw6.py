@@ -20,7 +20,7 @@ from hw.cli import main as cli_main
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import GanTask, write_archive
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, train_in_process
 
 CPU = str(ROOT / "configs" / "hw6_cpu.toml")
 REAL_FACES = SHARED / "hw6" / "anime_faces"
@@ -42,12 +42,7 @@ def demo_faces(demo, size=32, n=320) -> torch.Tensor:
 
 
 def train(demo, out, *sets, config=CPU, dry=False):
-    args = ["hw6", "train", "--data", str(demo), "--config", config, "--out", str(out),
-            "--set", f'data.cache_dir="{out.parent / "cache"}"', "--set", 'trainer.device="cpu"',
-            "--set", "trainer.print_every_evals=1000"]
-    for s in sets:
-        args += ["--set", s]
-    return cli_main(args + (["--dry-run"] if dry else []))
+    return train_in_process("hw6", demo, out, config, *sets, dry=dry)
 
 
 # --------------------------------------------------------------------------- FID
@@ -224,7 +219,7 @@ def test_style_generator_end_to_end_with_r1_augmentation_and_truncation(demo, tm
 
 @pytest.mark.slow
 def test_a_killed_gan_run_resumes_bit_exactly(demo, tmp_path):
-    from tests.test_resume import run_and_kill
+    from tests.test_resume import kill_and_resume
 
     overrides = [f'data.dir="{demo}"', f'data.cache_dir="{tmp_path / "cache"}"',
                  "data.image_size=16", "model.g_width=8", "model.d_width=8",
@@ -232,17 +227,8 @@ def test_a_killed_gan_run_resumes_bit_exactly(demo, tmp_path):
                  "trainer.eval_every_steps=5", "trainer.ckpt_every_steps=7",
                  'model.augment="flip,translation"', "model.n_critic=2",
                  'trainer.device="cpu"', "trainer.print_every_evals=1000"]
-    task = "hw.hw6_gan.task:GanTask"
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = run_and_kill(task, CPU, overrides, straight, -1)
-    assert done.returncode == 0, done.stderr[-3000:]
-    crash = run_and_kill(task, CPU, overrides, killed, 16)   # mid-epoch 2 (10 per epoch)
-    assert crash.returncode == 17, crash.stderr[-3000:]
-    assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == 14
-    resumed = run_and_kill(task, None, [], killed, -1, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    # killed mid-epoch 2 (10 updates an epoch), resumed from update 14
+    a, b = kill_and_resume("hw.hw6_gan.task:GanTask", CPU, overrides, tmp_path, 16, 14)
     assert a["trainer"]["step"] == b["trainer"]["step"] == 20
     for part in ("model", "ema"):
         for key, value in a[part].items():
@@ -251,7 +237,8 @@ def test_a_killed_gan_run_resumes_bit_exactly(demo, tmp_path):
         for i, value in a["optimizers"][name]["state"].items():
             assert torch.equal(value["exp_avg"], b["optimizers"][name]["state"][i]["exp_avg"])
     for name in ("metrics.csv", "steps.csv", "submission.tgz"):
-        assert (straight / name).read_bytes() == (killed / name).read_bytes(), name
+        assert (tmp_path / "straight" / name).read_bytes() == \
+            (tmp_path / "killed" / name).read_bytes(), name
 
 
 # --------------------------------------------------------------------------- inputs

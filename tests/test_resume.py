@@ -52,6 +52,24 @@ def run_and_kill(task: str, config: str | None, overrides: list[str], run, kill:
     return subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
 
 
+def kill_and_resume(task: str, config: str | None, overrides: list[str], tmp_path, kill: int,
+                    resumed_from: int) -> tuple[dict, dict]:
+    """A straight run in tmp_path/straight and one killed after update `kill` in
+    tmp_path/killed, resumed from its last.pt (written at update `resumed_from`); returns
+    both final last.pt checkpoints."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = run_and_kill(task, config, overrides, straight, -1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    crash = run_and_kill(task, config, overrides, killed, kill)
+    assert crash.returncode == 17, crash.stderr[-3000:]
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == resumed_from
+    resumed = run_and_kill(task, None, [], killed, -1, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from update {resumed_from}" in resumed.stderr
+    return (load_checkpoint(straight / "checkpoints" / "last.pt"),
+            load_checkpoint(killed / "checkpoints" / "last.pt"))
+
+
 def test_killed_and_resumed_run_equals_straight_run(tmp_path, hw1_demo):
     config = str(ROOT / "configs" / "hw1_sample.toml")
     overrides = [*OVERRIDES, f'data.dir="{hw1_demo}"']

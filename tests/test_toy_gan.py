@@ -178,23 +178,13 @@ def test_the_gan_learns_the_mixture(ring):
 
 
 def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
-    from common.checkpoint import load_checkpoint
-    from tests.test_resume import run_and_kill
+    from tests.test_resume import kill_and_resume
 
     overrides = [*SETTINGS, f'data.dir="{ring}"', "trainer.epochs=4",
                  "trainer.ckpt_every_steps=7"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    task = "tests.test_toy_gan:ToyGanTask"
-    done = run_and_kill(task, None, overrides, straight, -1)
-    assert done.returncode == 0, done.stderr[-3000:]
-    crash = run_and_kill(task, None, overrides, killed, 23)   # mid-epoch 2 (16 per epoch)
-    assert crash.returncode == 17, crash.stderr[-3000:]
-    assert load_checkpoint(killed / "checkpoints" / "last.pt")["trainer"]["step"] == 21
-    resumed = run_and_kill(task, None, [], killed, -1, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from update 21" in resumed.stderr
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    # killed mid-epoch 2 (16 updates an epoch), resumed from update 21
+    a, b = kill_and_resume("tests.test_toy_gan:ToyGanTask", None, overrides, tmp_path, 23, 21)
     assert a["trainer"]["step"] == b["trainer"]["step"] == 64
     assert {k.split(".")[0] for k in a["model"]} == {"G", "D"}
     for key, value in a["model"].items():

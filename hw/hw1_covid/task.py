@@ -48,6 +48,7 @@ class CovidTask(Task):
     data_config = CovidDataConfig
     model_config = CovidModelConfig
     submission_name = "pred.csv"
+    kaggle_competition = "ml2022spring-hw1"
     download_hint = "kaggle competitions download -c ml2022spring-hw1"
     header = ("id", "tested_positive")
     demo_answers = covid.DEMO_ANSWERS

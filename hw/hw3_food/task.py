@@ -145,6 +145,7 @@ class FoodTask(ClassificationTask):
     data_config = FoodDataConfig
     model_config = FoodModelConfig
     submission_name = "submission.csv"
+    kaggle_competition = "ml2022spring-hw3b"
     download_hint = "kaggle competitions download -c ml2022spring-hw3b"
     num_classes = food.N_CLASSES
     header = ("Id", "Category")

@@ -179,6 +179,8 @@ class GanTask(Task):
     data_config = GanDataConfig
     model_config = GanModelConfig
     submission_name = "submission.tgz"
+    grader_note = "upload {submission} on JudgeBoi (the course's server: a .tgz of 1000 " \
+        "JPEGs under 2 MB; select one submission)"
     download_hint = "faces.zip from the Hugging Face dataset LeoFeng/MLHW_6, extracted"
     output_kind = "images"
     demo_config = "hw6_cpu"

@@ -52,6 +52,7 @@ class QATask(Task):
     data_config = QADataConfig
     model_config = QAModelConfig
     submission_name = "result.csv"
+    kaggle_competition = "ml2022spring-hw7"
     download_hint = "hw7_data.zip (gdown id 1AVgZvy3VFeg0fX-6WQJMHPVrx3A-M1kb), unzipped"
     output_kind = "spans"
     demo_answers = qadata.DEMO_ANSWERS

@@ -1,0 +1,66 @@
+"""From a submission file to the grader: the exact `kaggle competitions submit` line for
+Kaggle homeworks (or the task's note for other graders), and `download`, which runs the kaggle
+CLI when it is installed and configured and otherwise says in one line what to do."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+from common.errors import UserError
+from common.runlog import say
+
+TOKEN_HINT = ("put your API token in ~/.kaggle/kaggle.json (kaggle.com > Settings > API > "
+              "Create New Token), or set KAGGLE_USERNAME and KAGGLE_KEY")
+
+
+def submit_line(slug: str, submission: Path, message: str) -> str:
+    return (f"kaggle competitions submit -c {slug} -f {shlex.quote(str(submission))} "
+            f"-m {shlex.quote(message)}")
+
+
+def handoff(task_cls, submission: Path, run_name: str) -> None:
+    """Print how to hand the submission in."""
+    slug = getattr(task_cls, "kaggle_competition", "")
+    if slug:
+        say(f"hand in: {submit_line(slug, Path(submission), run_name)}")
+    elif getattr(task_cls, "grader_note", ""):
+        say(f"hand in: {task_cls.grader_note.format(submission=submission)}")
+
+
+def kaggle_configured() -> bool:
+    home = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (home / "kaggle.json").is_file() or bool(
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or bool(
+        os.environ.get("KAGGLE_API_TOKEN")) or (home / "access_token").is_file()
+
+
+def download(task_cls, dest: Path) -> Path:
+    """`kaggle competitions download -c <slug> -p DEST`, then every zip in DEST extracted."""
+    slug = getattr(task_cls, "kaggle_competition", "")
+    if not slug:
+        raise UserError(f"{task_cls.name} is not on Kaggle; download it yourself: "
+                        f"{task_cls.download_hint or 'see data/README.md'}")
+    exe = shutil.which("kaggle")
+    if exe is None:
+        raise UserError(f"download needs the kaggle CLI: pip install kaggle, then {TOKEN_HINT}")
+    if not kaggle_configured():
+        raise UserError(f"the kaggle CLI is installed but not configured: {TOKEN_HINT}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    say(f"running: kaggle competitions download -c {slug} -p {dest}")
+    done = subprocess.run([exe, "competitions", "download", "-c", slug, "-p", str(dest)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise UserError(f"kaggle competitions download -c {slug} failed: {last[-1]} (join the "
+                        "competition on its Kaggle page first)")
+    for archive in sorted(dest.glob("*.zip")):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+        say(f"extracted {archive.name}")
+    return dest
