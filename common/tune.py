@@ -346,11 +346,11 @@ def top_trials(study, k: int):
 def plots(study, folder: Path) -> list[Path]:
     """Optuna's optimisation history and parameter importances as PNG (when they can be
     drawn: importances need two finished trials)."""
+    import warnings
+
     from optuna.visualization import matplotlib as vis
 
     from common.plots import plt, save_figure
-
-    import warnings
 
     written = []
     for name, draw in (("history", vis.plot_optimization_history),
