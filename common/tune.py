@@ -195,6 +195,18 @@ def counted(study) -> int:
                                                         TrialState.RUNNING)))
 
 
+def oof_value(oof: dict[str, float], monitor: str) -> float:
+    """The out-of-fold metric that trainer.monitor names (valid_acc -> acc); a task with one
+    metric (HW1: mse, which its valid_loss equals) uses it for valid_loss too."""
+    metric = monitor.removeprefix("valid_")
+    if metric in oof:
+        return oof[metric]
+    if len(oof) == 1:
+        return next(iter(oof.values()))
+    raise UserError(f"tune --folds: trainer.monitor={monitor!r} has no out-of-fold value; "
+                    f"choose one of {', '.join('valid_' + k for k in oof)}")
+
+
 def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     """One trial: its sampled overrides on top of the study's, an ordinary run directory."""
     from common.kfold import kfold_run
@@ -213,8 +225,7 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     if study.folds > 1:
         config["kfold"] = replace(config["kfold"], folds=study.folds)
         result = kfold_run(task_cls, config, run_dir)
-        metric = monitor.removeprefix("valid_")
-        value = result["oof"].get(metric, result["oof"].get(monitor, math.nan))
+        value = oof_value(result["oof"], monitor)
     else:
         result = train_run(task_cls, config, run_dir,
                            callbacks=[ReportToOptuna(trial, monitor)])

@@ -270,3 +270,14 @@ def test_handoff_lines_and_download(tmp_path, monkeypatch, capsys):
     code, err = download("hw5")
     assert code == 2 and len(err) == 1 and "not on Kaggle" in err[0], err
     assert os.environ["PATH"] == str(bin_dir) and zipfile  # the fake alone was reachable
+
+
+def test_a_kfold_objective_is_the_out_of_fold_metric(tmp_path, recipe, hw1_demo):
+    study = tmp_path / "study"
+    assert cli_main(["hw1", "tune", "--data", str(hw1_demo), "--config", str(recipe),
+                     "--out", str(study), "--folds", "2", "--trials", "2", "--set",
+                     'trainer.device="cpu"', "--set", "trainer.epochs=3"]) == 0
+    for row in trial_rows(study):
+        with open(Path(row["run_dir"]) / "kfold.csv", newline="") as fh:
+            overall = [r for r in csv.DictReader(fh) if r["fold"] == "all"][0]
+        assert float(row["value"]) == pytest.approx(float(overall["mse"]))
