@@ -39,6 +39,17 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 TaskRegistry = dict[str, Callable[[], type[Task]]]
 
 
+def run_parser(prog: str, description: str, what: str = "a finished run"
+               ) -> argparse.ArgumentParser:
+    """The parser of a homework command that works on a run: --run, --ckpt, --out."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help=what)
+    parser.add_argument("--ckpt", metavar="best|last|PATH",
+                        help="weights (default: what the run predicted with)")
+    parser.add_argument("--out", metavar="DIR", help="where to write (default: the run)")
+    return parser
+
+
 def _add_train_parser(sub, task_name: str, action: str, help: str, description: str):
     p = sub.add_parser(action, help=help, description=description)
     g = p.add_argument_group("recipe")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import run_parser
 from common.errors import UserError
 from common.io import write_text_atomic
 from common.pipeline import load_run_model, make_trainer
@@ -21,12 +22,7 @@ from hw.hw5_translate.task import Pairs, TranslationTask
 
 
 def _parser(argv0: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=argv0, description=description)
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished hw5 run")
-    parser.add_argument("--ckpt", metavar="best|last|PATH",
-                        help="weights (default: what the run predicted with)")
-    parser.add_argument("--out", metavar="DIR", help="where to write (default: the run)")
-    return parser
+    return run_parser(argv0, description, "a finished hw5 run")
 
 
 def backtranslate_command(argv: list[str]) -> int:

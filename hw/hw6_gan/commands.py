@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import run_parser
 from common.errors import UserError
 from common.images import image_files, load_images
 from common.pipeline import load_run_model, make_trainer
@@ -24,14 +25,10 @@ from hw.hw6_gan.task import SUBMISSION_IMAGES, GanTask
 
 def generate_command(argv: list[str]) -> int:
     """`run.py hw6 generate --run RUN [--out DIR] [--count N] [--truncation PSI]`."""
-    parser = argparse.ArgumentParser(
-        prog=argv[0], description="Generate faces with a run's generator (EMA weights when "
-        "it kept them) into DIR/images/1.jpg ... and DIR/submission.tgz (no enclosing "
-        "folder, under 2 MB: JPEG quality lowered until it fits, then read back and checked).")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished hw6 run")
-    parser.add_argument("--ckpt", metavar="best|last|PATH",
-                        help="weights (default: what the run predicted with)")
-    parser.add_argument("--out", metavar="DIR", help="where to write (default: the run)")
+    parser = run_parser(
+        argv[0], "Generate faces with a run's generator (EMA weights when it kept them) into "
+        "DIR/images/1.jpg ... and DIR/submission.tgz (no enclosing folder, under 2 MB: JPEG "
+        "quality lowered until it fits, then read back and checked).", "a finished hw6 run")
     parser.add_argument("--count", type=int, default=SUBMISSION_IMAGES, metavar="N",
                         help=f"images (JudgeBoi wants {SUBMISSION_IMAGES})")
     parser.add_argument("--truncation", type=float, metavar="PSI",
