@@ -39,19 +39,23 @@ def run_logging(run_dir: Path):
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    RunDir(run_dir).set_status("running")
+    def status(state: str, **info) -> None:
+        with contextlib.suppress(OSError):  # never in the way of the run's own error
+            RunDir(run_dir).set_status(state, **info)
+
+    status("running")
     try:
         yield
     except KeyboardInterrupt:
-        RunDir(run_dir).set_status("interrupted")
+        status("interrupted")
         raise
     except BaseException as exc:
         pruned = type(exc).__name__ == "TrialPruned"
-        RunDir(run_dir).set_status("pruned" if pruned else "failed",
-                                   error=(str(exc).splitlines() or [type(exc).__name__])[0])
+        status("pruned" if pruned else "failed",
+               error=(str(exc).splitlines() or [type(exc).__name__])[0])
         raise
     else:
-        RunDir(run_dir).set_status("finished")
+        status("finished")
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -99,8 +99,8 @@ def test_ranks_hold_identical_weights_and_rank_0_alone_writes(straight):
     run = straight / "straight"
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     assert files == ["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.toml",
-                     "curves.png", "log.txt", "metrics.csv", "pred.csv", "steps.csv",
-                     "test_outputs.pt"]
+                     "curves.png", "log.txt", "metrics.csv", "pred.csv", "status.json",
+                     "steps.csv", "test_outputs.pt"]
     assert not list(run.rglob("*.tmp*"))
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3]  # one row per evaluation, written once
@@ -163,7 +163,7 @@ def test_cli_kfold_under_torchrun_makes_one_run_directory(tmp_path):
     assert len(runs) == 1 and res.stdout.count("run directory:") == 1
     assert sorted(p.name for p in runs[0].iterdir()) == [
         "config.toml", "fold-1", "fold-2", "folds.csv", "kfold.csv", "log.txt", "oof.pt",
-        "pred.csv", "test_outputs.pt"]
+        "pred.csv", "status.json", "test_outputs.pt"]
     assert res.stdout.count("out-of-fold") == 1
     held_out = pd.read_csv(runs[0] / "kfold.csv")["held_out"].astype(int)
     assert held_out[0] + held_out[1] == held_out[2]  # the two folds cover every row once
