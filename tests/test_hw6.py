@@ -282,3 +282,18 @@ def test_real_faces_are_found_one_level_down_and_score_closer_than_the_demo(demo
     a, b = (fid.statistics(fid.image_features(net, x)) for x in (real[:300], real[300:]))
     other = fid.statistics(fid.image_features(net, demo_faces(demo, n=300)))
     assert fid.frechet_distance(*a, *b) < 0.5 * fid.frechet_distance(*a, *other)
+
+
+def test_fid_command_scores_a_folder_or_an_archive(demo, tmp_path, capsys):
+    images = demo_faces(demo, size=32, n=200)
+    write_archive(images, tmp_path / "faces.tgz")
+    capsys.readouterr()
+    for fake in (demo / "faces", tmp_path / "faces.tgz"):
+        assert cli_main(["hw6", "fid", "--real", str(demo), "--fake", str(fake),
+                         "--size", "32"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("proxy FID (fixed random network, not Inception): ")
+               for line in said), said
+    self_fid, archive_fid = (float(line.split(": ")[1].split()[0]) for line in said)
+    assert self_fid == 0.0 and 0.0 < archive_fid  # JPEG re-encoding moves the archive a bit
+    assert "200 fake against 640 real at 32 x 32" in said[1]
