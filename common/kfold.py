@@ -21,6 +21,7 @@ from common.batches import concat, take
 from common.checkpoint import load_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
+from common.fusion import FUSABLE
 from common.io import atomic_write, write_csv_atomic
 from common.pipeline import (
     check_average,
@@ -128,6 +129,9 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
                         "or choose another --out")
     run.check_writable()
     check_average(config)
+    if task_cls.output_kind not in FUSABLE:  # the folds' test outputs could not be fused
+        raise UserError(f"{task_cls.name} predicts {task_cls.output_kind}, which k-fold cannot "
+                        "fuse; use train (and ensembles of fusable homeworks)")
     task = task_cls(config)
     kcfg = config["kfold"]
     set_cpu_threads(config["trainer"].threads)

@@ -259,6 +259,8 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
           "--set", "data.image_size=48"], "must be a power of two"),
         (["train", "--data", str(demo), "--config", CPU, "--out", str(tmp_path / "r4"),
           "--set", 'model.augment="zoom"'], "unknown zoom"),
+        (["kfold", "--data", str(demo), "--config", CPU, "--out", str(tmp_path / "r5")],
+         "k-fold cannot fuse"),
         (["generate", "--run", str(tmp_path / "nothing")], "config.toml: not found"),
         (["fid", "--real", str(demo), "--fake", str(tmp_path / "none.tgz")],
          "neither a folder of images nor a .tgz"),
@@ -267,7 +269,7 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
         code = cli_main(["hw6", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 6))
 
 
 def test_real_faces_are_found_one_level_down_and_score_closer_than_the_demo(demo):
