@@ -48,7 +48,7 @@ class ProxyFeatures(nn.Module):
     for a covariance that costs under a second). Not Inception: a proxy, labelled so
     wherever it is reported."""
 
-    name = "proxy"
+    name, version = "proxy", 2
 
     def __init__(self, seed: int = 0, size: int = 64):
         super().__init__()
@@ -142,7 +142,8 @@ def cached_statistics(net: nn.Module, images, key: str, cache_dir: str | Path | 
     """The feature mean and covariance of `images`, kept under cache_dir by key."""
     path = None
     if cache_dir:
-        digest = hashlib.sha1(f"{key}-{net.name}".encode()).hexdigest()[:16]
+        version = getattr(net, "version", 1)  # a changed network never reads old statistics
+        digest = hashlib.sha1(f"{key}-{net.name}-{version}".encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / f"fid-{net.name}-{digest}.npz"
         if path.is_file():
             with np.load(path) as saved:
