@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,9 +120,11 @@ def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: P
 
 
 def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
-              resume: bool = False, callbacks: list[Callback] = ()) -> dict:
+              resume: bool = False, callbacks: list[Callback] = (),
+              on_fold: Callable[[int, dict[str, float]], None] | None = None) -> dict:
     """Train config['kfold'].folds models on all training data (train and valid merged) and
-    fuse their test predictions. With resume, finished folds are kept as they are."""
+    fuse their test predictions. With resume, finished folds are kept as they are. on_fold(k,
+    metrics) hears each fold's held-out metrics as it ends (a tuner prunes through it)."""
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not resume and run.config.exists():
@@ -167,6 +170,8 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
             shown = " ".join(f"{m} {v:.5g}" for m, v in result["metrics"].items())
             report(f"fold {k}/{len(folds)}: out-of-fold {shown}")
             results.append(result)
+            if on_fold is not None:
+                on_fold(k, result["metrics"])
 
         order = torch.argsort(torch.cat([r["index"] for r in results]))
         oof_out = take(concat([r["outputs"] for r in results]), order)

@@ -1,7 +1,8 @@
 """Hyperparameter studies on Optuna: every trial is an ordinary run (its own run directory
 under the study folder, its config saved) whose overrides Optuna samples from the `[tune.space]`
 of the recipe; the objective is the run's monitored metric (or the out-of-fold metric with
-folds); every evaluation is reported, so the pruner stops unpromising trials early.
+folds); every evaluation (every fold of a k-fold trial) is reported, so the pruner stops
+unpromising trials early.
 
 The study lives in an SQLite file in the study folder unless a storage URL names another
 database (PostgreSQL, MySQL): Optuna's own way for several processes or machines to share one
@@ -52,7 +53,7 @@ class TuneConfig:
     pruner: str = option("median", choices=("median", "hyperband", "none"))
     seed: int = 0                                   # the sampler's
     startup_trials: int = option(5, min=0)          # trials before TPE models and pruning starts
-    warmup_evals: int = option(1, min=0)            # evaluations before a trial may be pruned
+    warmup_evals: int = option(1, min=0)            # evaluations (k-fold: folds) before pruning
     space: dict = field(default_factory=dict)
 
 
@@ -148,20 +149,38 @@ class Study:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
+def report(trial, value: float, step: int, what: str) -> None:
+    """One intermediate value to Optuna (NaN as it is: the pruners stop it); raises
+    TrialPruned when the pruner says so."""
+    trial.report(float(value) if value == value else math.nan, step)
+    if trial.should_prune():
+        say(f"pruned by Optuna after {what} ({value:.5g})")
+        raise _optuna().TrialPruned(f"{what}: {value}")
+
+
 class ReportToOptuna(Callback):
-    """Reports every evaluation's monitored value; raises TrialPruned when the pruner says so."""
+    """A plain trial reports every evaluation's monitored value."""
 
     def __init__(self, trial, monitor: str):
         self.trial, self.monitor, self.evals = trial, monitor, 0
 
     def on_evaluate(self, trainer, metrics):
-        value = metrics.get(self.monitor, math.nan)
-        self.trial.report(float(value) if value == value else math.nan, self.evals)
         self.evals += 1
-        if self.trial.should_prune():
-            trainer.log.say(f"pruned by Optuna at evaluation {self.evals} "
-                            f"({self.monitor} {value:.5g})")
-            raise _optuna().TrialPruned(f"{self.monitor} {value}")
+        report(self.trial, metrics.get(self.monitor, math.nan), self.evals - 1,
+               f"evaluation {self.evals}, {self.monitor}")
+
+
+class ReportFolds:
+    """A k-fold trial reports, after each fold, the mean of its folds' held-out metric so far
+    (the folds are the same for every trial, so fold k compares like with like)."""
+
+    def __init__(self, trial, monitor: str):
+        self.trial, self.monitor, self.values = trial, monitor, []
+
+    def __call__(self, k: int, metrics: dict[str, float]) -> None:
+        self.values.append(oof_value(metrics, self.monitor))
+        report(self.trial, sum(self.values) / len(self.values), k - 1,
+               f"fold {k}, mean held-out {self.monitor.removeprefix('valid_')}")
 
 
 def base_config(task_cls: type[Task], study: Study) -> Config:
@@ -224,7 +243,7 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     monitor = config["trainer"].monitor
     if study.folds > 1:
         config["kfold"] = replace(config["kfold"], folds=study.folds)
-        result = kfold_run(task_cls, config, run_dir)
+        result = kfold_run(task_cls, config, run_dir, on_fold=ReportFolds(trial, monitor))
         value = oof_value(result["oof"], monitor)
     else:
         result = train_run(task_cls, config, run_dir,
