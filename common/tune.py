@@ -300,7 +300,7 @@ def retry_interrupted(task_cls: type[Task], study: Study) -> int:
     opened = open_study(task_cls, study)
     stale = opened.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        opened._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        opened.tell(trial.number, state=TrialState.FAIL)
         opened.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return len(stale)
 
