@@ -270,10 +270,6 @@ def _tune(task_cls: type[Task], args) -> int:
         if args.demo or args.data:
             data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
             overrides.append(f"data.dir={toml_value(str(data_dir.resolve()))}")
-        if args.dry_run:
-            overrides += ["trainer.epochs=1", "trainer.max_batches_per_epoch=2",
-                          "trainer.max_eval_batches=2", "trainer.eval_every_steps=0",
-                          "trainer.ckpt_every_steps=0"]
         config = load_config(task_cls.schema(), config_path, overrides)
         from common.tune import parse_space
 
@@ -294,7 +290,7 @@ def _tune(task_cls: type[Task], args) -> int:
                       timeout=args.timeout if args.timeout is not None else cfg.timeout,
                       sampler=args.sampler or cfg.sampler, pruner=args.pruner or cfg.pruner,
                       seed=cfg.seed, folds=args.folds, startup_trials=cfg.startup_trials,
-                      warmup_evals=cfg.warmup_evals)
+                      warmup_evals=cfg.warmup_evals, dry_run=args.dry_run)
         study.save()
     say(f"study: {study.folder} ({study.storage}, {study.trials} trials, {study.sampler}, "
         f"pruner {study.pruner})")

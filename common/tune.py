@@ -136,6 +136,7 @@ class Study:
     folds: int
     startup_trials: int
     warmup_evals: int
+    dry_run: bool = False     # every trial a tiny slice (pipeline.dry_run_config)
 
     def save(self) -> None:
         write_text_atomic(Path(self.folder) / STUDY_FILE,
@@ -159,12 +160,15 @@ def report(trial, value: float, step: int, what: str) -> None:
 
 
 class ReportToOptuna(Callback):
-    """A plain trial reports every evaluation's monitored value."""
+    """A plain trial reports every evaluation's monitored value (a row without it, as at the
+    end of an epoch with no validation data, is not an evaluation)."""
 
     def __init__(self, trial, monitor: str):
         self.trial, self.monitor, self.evals = trial, monitor, 0
 
     def on_evaluate(self, trainer, metrics):
+        if self.monitor not in metrics:
+            return
         self.evals += 1
         report(self.trial, metrics.get(self.monitor, math.nan), self.evals - 1,
                f"evaluation {self.evals}, {self.monitor}")
@@ -181,6 +185,10 @@ class ReportFolds:
         self.values.append(oof_value(metrics, self.monitor))
         report(self.trial, sum(self.values) / len(self.values), k - 1,
                f"fold {k}, mean held-out {self.monitor.removeprefix('valid_')}")
+
+
+class NoObjective(UserError):
+    """A trial that has no objective value: every trial would be the same, so the study stops."""
 
 
 def base_config(task_cls: type[Task], study: Study) -> Config:
@@ -237,6 +245,10 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     params = suggest(trial, space)
     overrides = [*study.overrides, *(f"{k}={toml_value(v)}" for k, v in params.items())]
     config = load_config(schema, study.config, overrides)
+    if study.dry_run:  # after the sampled values, which may set trainer.epochs
+        from common.pipeline import dry_run_config
+
+        config = dry_run_config(config)
     run_dir = Path(study.folder) / "trials" / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
     say(f"trial {trial.number}: " + " ".join(f"{k}={toml_value(v)}" for k, v in params.items()))
@@ -246,8 +258,12 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
         result = kfold_run(task_cls, config, run_dir, on_fold=ReportFolds(trial, monitor))
         value = oof_value(result["oof"], monitor)
     else:
-        result = train_run(task_cls, config, run_dir,
-                           callbacks=[ReportToOptuna(trial, monitor)])
+        reporter = ReportToOptuna(trial, monitor)
+        result = train_run(task_cls, config, run_dir, callbacks=[reporter])
+        if not reporter.evals:
+            raise NoObjective(f"tune: trial {trial.number} made no evaluation of {monitor}: "
+                              "the recipe holds out no validation data; give it some (a "
+                              "validation split) or tune with --folds K")
         value = result["best"] if result["best"] is not None else math.nan
     if value != value:  # diverged: as bad as it gets, pruned
         raise _optuna().TrialPruned(f"{monitor} is NaN")
@@ -280,6 +296,8 @@ def work(task_cls: type[Task], study: Study, budget: int | None = None) -> None:
         opened.optimize(objective, n_trials=1, catch=(UserError,))
         last = opened.trials[-1]
         failures = failures + 1 if last.state == TrialState.FAIL else 0
+        if failures and isinstance(errors[-1], NoObjective):
+            raise errors[-1]
         if failures >= 3:
             raise errors[-1] if errors else UserError("tune: three trials failed in a row")
         done += 1

@@ -85,6 +85,25 @@ def test_a_study_writes_its_database_and_trial_table(tmp_path, recipe, hw1_demo,
     assert (study / "ensemble-top2" / "pred.csv").is_file()
 
 
+def test_a_dry_run_study_stays_tiny_and_no_validation_stops_it(tmp_path, recipe, hw1_demo,
+                                                                 capsys):
+    recipe.write_text(SPACE + '"trainer.epochs" = { low = 50, high = 60 }\n')
+    common = ["hw1", "tune", "--data", str(hw1_demo), "--config", str(recipe), "--set",
+              'trainer.device="cpu"', "--pruner", "none"]
+    assert cli_main([*common, "--out", str(tmp_path / "dry"), "--dry-run", "--trials", "1"]) == 0
+    (row,) = trial_rows(tmp_path / "dry")
+    assert 50 <= int(row["trainer.epochs"]) <= 60 and row["state"] == "COMPLETE"
+    with open(Path(row["run_dir"]) / "steps.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2      # one epoch of two batches, sampled or not
+    capsys.readouterr()
+    folder = tmp_path / "noval"
+    code = cli_main([*common, "--out", str(folder), "--set", "data.valid_ratio=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no evaluation of valid_loss" in err[-1] and "--folds K" in err[-1]
+    trials = open_study(CovidTask, Study.load(folder)).trials
+    assert [t.state.name for t in trials] == ["FAIL"]   # stopped at once, not after three
+
+
 CHILD = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
