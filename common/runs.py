@@ -41,6 +41,26 @@ def best_of(rows: list[dict[str, float]], monitor: str, mode: str) -> tuple[floa
     return (max if mode == "max" else min)(values, key=lambda v: v[0])
 
 
+def kfold_value(run: RunDir, metric: str) -> tuple[str, float] | None:
+    """("oof_<name>", value): a finished k-fold run's out-of-fold value of metric (valid_acc
+    -> acc, as tune --folds reads it); None for other runs."""
+    from common.tune import oof_value
+
+    if not run.kfold.is_file():
+        return None
+    with open(run.kfold, newline="", encoding="utf-8") as fh:
+        overall = next((r for r in csv.DictReader(fh) if r["fold"] == "all"), None)
+    if overall is None:
+        return None
+    names = {k: float(v) for k, v in overall.items() if k not in ("fold", "train", "held_out")}
+    try:
+        value = oof_value(names, metric)
+    except UserError:
+        return None
+    name = metric.removeprefix("valid_")
+    return f"oof_{name if name in names else next(iter(names))}", value
+
+
 def find_runs(root: Path, hw: str | None = None) -> list[tuple[str, RunDir]]:
     """(homework, run) for every run directory runs/<hw>/<name>/ holding a config.toml, and
     the trial runs of tune studies (runs/<hw>/<study>/trials/<trial>/)."""
@@ -89,10 +109,14 @@ def table(tasks, root: str | Path, *, hw: str | None = None, sort: str | None = 
         config = run_config(tasks, name, run)
         monitor = str(config.get("trainer.monitor", "valid_loss"))
         mode = str(config.get("trainer.mode", "min"))
-        metrics = read_metrics(run)
         metric = sort or monitor
-        value, step = best_of(metrics, metric, mode if metric == monitor else
-                              ("max" if any(w in metric for w in ("acc", "bleu", "em")) else "min"))
+        oof = kfold_value(run, metric)
+        if oof is not None:  # a k-fold run: its out-of-fold value, from no one step
+            metric, value, step = *oof, math.nan
+        else:
+            value, step = best_of(read_metrics(run), metric, mode if metric == monitor else
+                                  ("max" if any(w in metric for w in ("acc", "bleu", "em"))
+                                   else "min"))
         rows.append({"hw": name, "run": str(run.path.relative_to(root)),
                      "date": time.strftime("%Y-%m-%d %H:%M",
                                            time.localtime(run.config.stat().st_mtime)),

@@ -218,15 +218,23 @@ def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, cap
     with pytest.raises(RuntimeError):
         train_run(CovidTask, load_config(CovidTask.schema(), None, sets), root / "c-failed",
                   callbacks=[Boom()])
+    assert cli_main(["hw1", "kfold", "--folds", "2", "--out", str(root / "d-kfold"),
+                     *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
     assert cli_main(["runs", "--root", str(tmp_path / "runs"), "--sort", "valid_loss"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    state = {line.split()[0]: line.split()[3] for line in lines[1:]}
-    assert state == {"hw1/a-finished": "finished", "hw1/killed": "interrupted",
-                     "hw1/c-failed": "failed"}
-    assert lines[1].split()[0] == "hw1/a-finished"     # the only one with a valid_loss
-    assert "model.hidden=[8]" in lines[1] and "trainer.epochs=3" in lines[1]
-    assert "data.dir" not in lines[1]
+    row = {line.split()[0]: line.split()[3:] for line in lines[1:]}
+    assert {k: v[0] for k, v in row.items()} == {
+        "hw1/a-finished": "finished", "hw1/killed": "interrupted", "hw1/c-failed": "failed",
+        "hw1/d-kfold": "finished"}
+    assert {line.split()[0] for line in lines[3:]} == {"hw1/killed", "hw1/c-failed"}  # no value
+    finished = row["hw1/a-finished"]
+    assert finished[1] == "valid_loss" and float(finished[2]) > 0
+    assert "model.hidden=[8]" in finished and "trainer.epochs=3" in finished
+    assert not any("data.dir" in cell for cell in finished)
+    with open(root / "d-kfold" / "kfold.csv", newline="") as fh:
+        oof = [r for r in csv.DictReader(fh) if r["fold"] == "all"][0]["mse"]
+    assert row["hw1/d-kfold"][1:4] == ["oof_mse", f"{float(oof):.5g}", "-"]
 
     out = tmp_path / "compare.png"
     assert cli_main(["compare", str(root / "a-finished"), str(root / "killed"), "--out",
