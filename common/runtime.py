@@ -94,6 +94,13 @@ def set_cpu_threads(threads: int = 0) -> int:
     return torch.get_num_threads()
 
 
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero in CPU arithmetic (process-wide; where the CPU supports
+    it, x86 with SSE3). An update whose optimizer state holds them runs several times slower,
+    and zero is as good a value at that scale. Returns whether it took effect."""
+    return torch.set_flush_denormal(True)
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """bf16 where the CUDA device supports it, else fp16; None (no autocast) off CUDA."""
     if not enabled or device.type != "cuda":

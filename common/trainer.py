@@ -41,6 +41,7 @@ from common.runtime import (
     autocast,
     choose_device,
     derive_seed,
+    flush_denormals,
     get_rng_state,
     seed_everything,
     set_rng_state,
@@ -75,6 +76,9 @@ class TrainerConfig:
     sync_batchnorm: bool = False      # under torchrun on CUDA: BatchNorm statistics over all ranks
     num_workers: int = option(0, min=0)
     threads: int = option(0, min=0)  # CPU threads; 0: all cores available to the process
+    # on the CPU, denormal floats (below 1.2e-38) as zero: tiny Adam moments late in a run
+    # otherwise make every update several times slower (scripts/bench/cpu_denormals.py)
+    flush_denormal: bool = True
     print_every_evals: int = option(1, min=1)  # print every Nth evaluation line (all go to log.txt)
     ema: bool = False                 # keep an exponential moving average of the weights; it is
                                       # what gets evaluated, saved as best.pt and predicted with
@@ -167,6 +171,8 @@ class Trainer:
         _check(cfg)
         self.cfg, self.objective = cfg, objective
         self.device = choose_device(cfg.device)
+        if self.device.type == "cpu" and cfg.flush_denormal:
+            flush_denormals()
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if self.world > 1 and cfg.sync_batchnorm and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

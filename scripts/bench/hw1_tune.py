@@ -16,7 +16,7 @@ predict. The default size (40 + 40 trials, epochs up to 1000) takes about an hou
 on 2 cores.
 
 Usage: python scripts/bench/hw1_tune.py [--trials 40] [--folds 5] [--max-epochs 1000]
-       [--pruner median] [--sequential] [--data ../shared/data/hw1/2022]
+       [--timeout-min M] [--pruner median] [--sequential] [--data ../shared/data/hw1/2022]
        [--out runs/hw1-tune-bench]
 """
 
@@ -56,18 +56,19 @@ def study_of(kind: str, args, out: Path, threads: int) -> Study:
                  f"tune.space={toml_value(space)}", f"trainer.threads={threads}"]
     return Study(task="hw1", config=str(RECIPE), overrides=overrides, folder=str(folder),
                  storage=f"sqlite:///{folder / 'study.db'}", name=kind, trials=args.trials,
-                 timeout=0, sampler=kind, pruner=args.pruner, seed=0, folds=args.folds,
+                 timeout=args.timeout_min * 60, sampler=kind, pruner=args.pruner, seed=0, folds=args.folds,
                  startup_trials=min(10, max(1, args.trials // 4)), warmup_evals=0)
 
 
 def run_study(kind: str, args, out: Path, threads: int) -> tuple:
-    """One study; (best value, its trial, its params, trials pruned, seconds)."""
+    """One study; (best value, its trial, its params, trials pruned, trials run, seconds)."""
     start = time.perf_counter()
     result = tune(CovidTask, study_of(kind, args, out, threads))
     best = result["best"]
     pruned = sum(row["state"] == "PRUNED" for row in result["table"])
     print(f"{kind}: best {best.value:.4f} at trial {best.number}: {best.params}", flush=True)
-    return best.value, best.number, best.params, pruned, time.perf_counter() - start
+    return (best.value, best.number, best.params, pruned, len(result["table"]),
+            time.perf_counter() - start)
 
 
 def main() -> None:
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--timeout-min", type=float, default=0.0,
+                        help="stop starting trials after this many minutes per study (0: none)")
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
     parser.add_argument("--sequential", action="store_true",
                         help="one study after the other on every core, not side by side")
@@ -99,8 +102,8 @@ def main() -> None:
     else:
         with mp.get_context("spawn").Pool(len(kinds)) as pool:
             studies = pool.starmap(run_study, [(kind, args, out, 1) for kind in kinds])
-    for kind, (value, number, _, pruned, seconds) in zip(kinds, studies, strict=True):
-        results[kind] = (value, f"trial {number} of {args.trials}, {pruned} pruned", seconds)
+    for kind, (value, number, _, pruned, ran, seconds) in zip(kinds, studies, strict=True):
+        results[kind] = (value, f"trial {number} of {ran}, {pruned} pruned", seconds)
     print(f"\nHW1, {args.folds}-fold out-of-fold MSE on the real table, {args.trials} trials "
           f"(epochs up to {args.max_epochs}, pruner {args.pruner}, "
           f"{'one after the other' if args.sequential else 'side by side'}):")
