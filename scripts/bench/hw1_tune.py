@@ -56,7 +56,8 @@ def study_of(kind: str, args, out: Path, threads: int) -> Study:
                  f"tune.space={toml_value(space)}", f"trainer.threads={threads}"]
     return Study(task="hw1", config=str(RECIPE), overrides=overrides, folder=str(folder),
                  storage=f"sqlite:///{folder / 'study.db'}", name=kind, trials=args.trials,
-                 timeout=args.timeout_min * 60, sampler=kind, pruner=args.pruner, seed=0, folds=args.folds,
+                 timeout=args.timeout_min * 60, sampler=kind, pruner=args.pruner, seed=0,
+                 folds=args.folds,
                  startup_trials=min(10, max(1, args.trials // 4)), warmup_evals=0)
 
 
