@@ -12,6 +12,7 @@ from common.optim import (
     OptimConfig,
     SchedConfig,
     build_optimizer,
+    fusable,
     lr_factor,
     param_groups,
     set_lr,
@@ -113,6 +114,33 @@ def test_optimizers_by_name():
     assert adamw.param_groups[0]["lr"] == OptimConfig().lr == 1e-3
     with pytest.raises(UserError, match="optim.name"):
         build_optimizer(params, OptimConfig(name="lion"))
+
+
+def test_fused_adam_where_the_parameters_allow_it_and_the_same_updates():
+    def run(fused: bool, groups: bool = False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        params = param_groups(model, OptimConfig(no_decay_bias_norm=True)) if groups \
+            else model.parameters()                                      # a generator too
+        opt = build_optimizer(params, OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1,
+                                                  fused=fused))
+        x = torch.randn(32, 6)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return opt, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    fused, after = run(True)
+    plain, reference = run(False)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    assert torch.allclose(after, reference, atol=1e-6)       # the same updates, one kernel
+    grouped, _ = run(True, groups=True)
+    assert grouped.defaults["fused"] is True and len(grouped.param_groups) == 2
+    ints = [torch.nn.Parameter(torch.zeros(2)), torch.zeros(2, dtype=torch.int64)]
+    assert not fusable(ints) and not fusable([]) and fusable(ints[:1])
+    meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not fusable(meta)
 
 
 def test_rank_shares_cover_the_data_like_distributed_sampler():

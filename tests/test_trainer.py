@@ -67,6 +67,17 @@ def test_learns_and_writes_run_files(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_the_trainer_flushes_denormals_on_the_cpu():
+    tiny = torch.tensor([1e-323], dtype=torch.float64)   # a denormal double
+    try:
+        for flush, expected in ((False, 1e-323), (True, 0.0)):
+            torch.set_flush_denormal(False)
+            Trainer(model(), Regression(), cfg(flush_denormal=flush))
+            assert (tiny * 1.0).item() == expected
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_gradient_accumulation_equals_the_big_batch():
     runs = []
     for batch, accum in ((128, 1), (32, 4), (64, 2)):
