@@ -77,7 +77,7 @@ class TrainerConfig:
     num_workers: int = option(0, min=0)
     threads: int = option(0, min=0)  # CPU threads; 0: all cores available to the process
     # on the CPU, denormal floats (below 1.2e-38) as zero: tiny Adam moments late in a run
-    # otherwise make every update several times slower (scripts/bench/cpu_denormals.py)
+    # otherwise make every update several times slower (scripts/bench/cpu_step.py)
     flush_denormal: bool = True
     print_every_evals: int = option(1, min=1)  # print every Nth evaluation line (all go to log.txt)
     ema: bool = False                 # keep an exponential moving average of the weights; it is

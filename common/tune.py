@@ -170,7 +170,7 @@ class ReportToOptuna(Callback):
         if self.monitor not in metrics:
             return
         self.evals += 1
-        report(self.trial, metrics.get(self.monitor, math.nan), self.evals - 1,
+        report(self.trial, metrics[self.monitor], self.evals - 1,
                f"evaluation {self.evals}, {self.monitor}")
 
 
