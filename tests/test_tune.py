@@ -141,43 +141,32 @@ def test_a_killed_study_resumes_without_running_a_trial_twice(tmp_path, recipe, 
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter")
-def test_a_diverging_trial_is_pruned_before_its_last_evaluation(tmp_path, recipe, hw1_demo):
+@pytest.mark.parametrize("folds", [0, 3])
+def test_a_diverging_trial_is_pruned_before_its_last_evaluation(tmp_path, recipe, hw1_demo,
+                                                                 folds):
+    """A plain trial reports every evaluation (12 epochs), a k-fold trial every fold (3)."""
     folder = tmp_path / "study"
     folder.mkdir()
+    epochs = 12 if not folds else 6
     study = Study(task="hw1", config=str(recipe),
                   overrides=[f'data.dir="{hw1_demo}"', 'trainer.device="cpu"',
-                             "trainer.epochs=12"],
+                             f"trainer.epochs={epochs}"],
                   folder=str(folder), storage=f"sqlite:///{folder / 'study.db'}", name="s",
-                  trials=3, timeout=0, sampler="tpe", pruner="median", seed=0, folds=0,
-                  startup_trials=2, warmup_evals=1)
+                  trials=3, timeout=0, sampler="tpe", pruner="median", seed=0, folds=folds,
+                  startup_trials=2, warmup_evals=0 if folds else 1)
     opened = open_study(CovidTask, study)
     for lr in (3e-3, 1e-2, 30.0):                  # the last one diverges
         opened.enqueue_trial({"optim.lr": lr, "model.hidden": "[32, 16]"})
     work(CovidTask, study)
     trials = open_study(CovidTask, study).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert len(trials[2].intermediate_values) < 12   # stopped before its last evaluation
-
-
-@pytest.mark.filterwarnings("ignore:Fixed parameter")
-def test_a_kfold_trial_is_pruned_after_a_fold(tmp_path, recipe, hw1_demo):
-    folder = tmp_path / "study"
-    folder.mkdir()
-    study = Study(task="hw1", config=str(recipe),
-                  overrides=[f'data.dir="{hw1_demo}"', 'trainer.device="cpu"'],
-                  folder=str(folder), storage=f"sqlite:///{folder / 'study.db'}", name="s",
-                  trials=3, timeout=0, sampler="tpe", pruner="median", seed=0, folds=3,
-                  startup_trials=2, warmup_evals=0)
-    opened = open_study(CovidTask, study)
-    for lr in (3e-3, 1e-2, 30.0):                  # the last one diverges
-        opened.enqueue_trial({"optim.lr": lr, "model.hidden": "[32, 16]"})
-    work(CovidTask, study)
-    trials = open_study(CovidTask, study).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert [len(t.intermediate_values) for t in trials] == [3, 3, 1]
     pruned = Path(trials[2].user_attrs["run_dir"])
-    assert (pruned / "fold-1").is_dir() and not (pruned / "fold-2").exists()
     assert json.loads((pruned / "status.json").read_text())["state"] == "pruned"
+    if not folds:
+        assert len(trials[2].intermediate_values) < 12   # stopped before its last evaluation
+        return
+    assert [len(t.intermediate_values) for t in trials] == [3, 3, 1]
+    assert (pruned / "fold-1").is_dir() and not (pruned / "fold-2").exists()
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
