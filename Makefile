@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench/trainer_overhead.py
+	$(PY) scripts/bench/cpu_step.py
 	$(PY) scripts/bench/hw1_cv.py
 	$(PY) scripts/bench/hw1_kfold.py
 	$(PY) scripts/bench/hw2_pipeline.py
