@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from common.config import Config, load_config, option, parse_override, toml_value
 from common.errors import UserError
 from common.io import write_csv_atomic, write_text_atomic
@@ -195,12 +197,21 @@ def base_config(task_cls: type[Task], study: Study) -> Config:
     return load_config(task_cls.schema(), study.config, study.overrides)
 
 
-def open_study(task_cls: type[Task], study: Study):
+def make_sampler(study: Study, seed: int):
+    optuna = _optuna()
+    if study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=study.startup_trials)
+
+
+def open_study(task_cls: type[Task], study: Study, stream: int = 0):
+    """The Optuna study. A fresh one samples from tune.seed; one that already holds trials
+    (a resume), or another worker process (stream > 0), seeds its sampler from the seed, the
+    trials so far and the stream, so it does not draw the same parameters again."""
     optuna = _optuna()
     config = base_config(task_cls, study)
     direction = "maximize" if config["trainer"].mode == "max" else "minimize"
-    sampler = optuna.samplers.RandomSampler(seed=study.seed) if study.sampler == "random" \
-        else optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=study.startup_trials)
+    sampler = make_sampler(study, study.seed)
     if study.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=study.startup_trials,
                                              n_warmup_steps=study.warmup_evals)
@@ -210,8 +221,13 @@ def open_study(task_cls: type[Task], study: Study):
         pruner = optuna.pruners.NopPruner()
     kwargs = {"connect_args": {"timeout": 60}} if study.storage.startswith("sqlite") else {}
     storage = optuna.storages.RDBStorage(study.storage, engine_kwargs=kwargs)
-    return optuna.create_study(storage=storage, study_name=study.name, direction=direction,
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+    opened = optuna.create_study(storage=storage, study_name=study.name, direction=direction,
+                                 sampler=sampler, pruner=pruner, load_if_exists=True)
+    done = len(opened.get_trials(deepcopy=False))
+    if done or stream:
+        entropy = np.random.SeedSequence([study.seed, done, stream])
+        opened.sampler = make_sampler(study, int(entropy.generate_state(1)[0]))
+    return opened
 
 
 def counted(study) -> int:
@@ -270,13 +286,14 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     return float(value)
 
 
-def work(task_cls: type[Task], study: Study, budget: int | None = None) -> None:
+def work(task_cls: type[Task], study: Study, budget: int | None = None,
+         stream: int = 0) -> None:
     """Run trials until the study holds study.trials counted ones (at most `budget` here) or
     the timeout passes. A trial whose sampled config is refused (a UserError) fails and the
     study goes on; three failures in a row stop it with the last error."""
     from optuna.trial import TrialState
 
-    opened = open_study(task_cls, study)
+    opened = open_study(task_cls, study, stream)
     start, done, failures = time.monotonic(), 0, 0
     errors: list[UserError] = []
 
@@ -303,12 +320,12 @@ def work(task_cls: type[Task], study: Study, budget: int | None = None) -> None:
         done += 1
 
 
-def _worker(task_path: str, study: dict, budget: int) -> None:
+def _worker(task_path: str, study: dict, budget: int, stream: int) -> None:
     import importlib
 
     module, cls = task_path.split(":")
     task_cls = getattr(importlib.import_module(module), cls)
-    work(task_cls, Study(**study), budget)
+    work(task_cls, Study(**study), budget, stream)
 
 
 def retry_interrupted(task_cls: type[Task], study: Study) -> int:
@@ -337,8 +354,8 @@ def tune(task_cls: type[Task], study: Study, *, resume: bool = False, workers: i
     if workers > 1 and left:
         ctx = mp.get_context("spawn")
         shares = [left // workers + (i < left % workers) for i in range(workers)]
-        procs = [ctx.Process(target=_worker, args=(task_path, study.__dict__, n))
-                 for n in shares[1:] if n]
+        procs = [ctx.Process(target=_worker, args=(task_path, study.__dict__, n, i))
+                 for i, n in enumerate(shares[1:], 1) if n]
         for p in procs:
             p.start()
         try:

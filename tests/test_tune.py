@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -140,6 +141,31 @@ def test_a_killed_study_resumes_without_running_a_trial_twice(tmp_path, recipe, 
     assert all(trained_once(study / "trials" / f"trial-{i:04d}") for i in (0, 1, 3, 4))
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_reopened_study_or_another_worker_draws_new_values(tmp_path, recipe, sampler):
+    from common.tune import parse_space, suggest
+
+    folder = tmp_path / "study"
+    study = Study(task="hw1", config=str(recipe), overrides=[], folder=str(folder),
+                  storage=f"sqlite:///{tmp_path / 'study.db'}", name="s", trials=4, timeout=0,
+                  sampler=sampler, pruner="none", seed=0, folds=0, startup_trials=10,
+                  warmup_evals=0)
+    space = parse_space(tomllib.loads(SPACE)["tune"]["space"], CovidTask.schema())
+
+    def draw(stream=0):
+        opened = open_study(CovidTask, study, stream)
+        trial = opened.ask()
+        lr = suggest(trial, space)["optim.lr"]
+        opened.tell(trial, 1.0)
+        return lr
+
+    first = draw()
+    assert draw() != first and draw(stream=1) != first   # a resume, a second worker
+    fresh = Study(**{**study.__dict__, "storage": f"sqlite:///{tmp_path / 'b.db'}"})
+    study = fresh
+    assert draw() == first                                 # a fresh study: tune.seed decides
+
+
 @pytest.mark.filterwarnings("ignore:Fixed parameter")
 @pytest.mark.parametrize("folds", [0, 3])
 def test_a_diverging_trial_is_pruned_before_its_last_evaluation(tmp_path, recipe, hw1_demo,
@@ -178,6 +204,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
     rows = trial_rows(study)
     assert len(rows) == 4 and len({r["number"] for r in rows}) == 4
     assert {r["state"] for r in rows} == {"COMPLETE"}
+    assert len({r["optim.lr"] for r in rows}) == 4      # the workers drew different values
     runs = sorted((study / "trials").iterdir())
     assert len(runs) == 4 and all(trained_once(r) for r in runs)
     pids = {json.loads((r / "status.json").read_text())["pid"] for r in runs}
