@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import pickle
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +14,12 @@ import torch
 
 from common.errors import UserError
 from common.io import atomic_write
+from common.rundir import RunDir
 
 FORMAT = "mlhw-checkpoint"
 VERSION = 2            # 2: named optimizers and scalers, named EMA model
 READABLE = (1, 2)      # versions whose weights predict; only VERSION resumes
+log = logging.getLogger("mlhw")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -125,3 +130,61 @@ class CheckpointManager:
                 if int(path.stem.split("-")[1]) > step:
                     path.unlink()
             self.kept = [(s, v) for s, v in self.kept if self.run.step_checkpoint(s).is_file()]
+
+
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of floating-point tensors; other tensors (step counters) are
+    taken from the last state."""
+    if not states:
+        raise UserError("no checkpoints to average")
+    keys = list(states[-1])
+    for s in states:
+        if list(s) != keys:
+            raise UserError("the checkpoints hold different models and cannot be averaged")
+    out = {}
+    for k in keys:
+        last = states[-1][k]
+        if torch.is_floating_point(last):
+            acc = torch.zeros_like(last, dtype=torch.float64)
+            for s in states:
+                acc += s[k].double()
+            out[k] = (acc / len(states)).to(last.dtype)
+        else:
+            out[k] = last.clone()
+    return out
+
+
+def average_checkpoints(run_dir: str | Path, count: int, *, select: str = "last",
+                        monitor: str = "valid_loss", mode: str = "min") -> str:
+    """Average the weights of a run's kept checkpoints, the newest `count` (select "last"; all
+    there are when fewer, as after early stopping) or the `count` best by the run's metric
+    `monitor` ("best", in direction `mode`), into checkpoints/average-<select><count>.pt;
+    returns that name."""
+    run = RunDir(run_dir)
+    kept = run.step_checkpoints()
+    flag = f"--{select}"
+    if count < 1:
+        raise UserError(f"{flag} must be at least 1")
+    if not kept or (select == "best" and len(kept) < count):
+        key = "keep_checkpoints" if select == "last" else "keep_best_checkpoints"
+        raise UserError(f"{run.checkpoints}: {len(kept)} kept checkpoints, fewer than "
+                        f"{flag} {count}; train with --set trainer.{key}={count}")
+    states = [load_checkpoint(p) for p in kept]
+    chosen = list(range(len(kept)))[-count:]
+    if select == "best":
+        values = [s.get("metrics", {}).get(monitor, math.nan) for s in states]
+        if any(math.isnan(v) for v in values):
+            raise UserError(f"{run.checkpoints}: kept checkpoints without a "
+                            f"{monitor}; use --last")
+        ranked = sorted(range(len(kept)), key=lambda i: values[i],
+                        reverse=mode == "max")
+        chosen = sorted(ranked[:count])
+    states = [states[i] for i in chosen]
+    averaged = {**states[-1], "model": average_state_dicts([s["model"] for s in states]),
+                "averaged": [kept[i].name for i in chosen]}
+    averaged.pop("format", None)
+    averaged.pop("version", None)
+    name = f"average-{select}{count}"
+    save_checkpoint(run.checkpoints / f"{name}.pt", averaged)
+    log.info("averaged %s into %s", ", ".join(averaged["averaged"]), name)
+    return name

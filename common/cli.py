@@ -11,26 +11,20 @@ import errno
 import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from common import distributed
-from common.config import load_config, toml_value
+from common.config import Config, load_config, toml_value
 from common.errors import UserError
+from common.finished import average_run, ensemble_run, load_run_config, predict_run
 from common.fusion import FUSABLE
 from common.handoff import handoff
 from common.kfold import kfold_run, predict_kfold
-from common.pipeline import (
-    average_run,
-    dry_run_config,
-    ensemble_run,
-    load_run_config,
-    predict_run,
-    train_run,
-)
+from common.pipeline import dry_run_config, train_run
 from common.rundir import RunDir
 from common.runlog import say
 from common.task import Task
+from common.tune import Study, format_table, parse_space, tune
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
@@ -188,6 +182,24 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
     return path
 
 
+def resolve_recipe(task_cls: type[Task], config: str | None, overrides: list[str], *,
+                   demo: bool = False, data: str | None = None
+                   ) -> tuple[Config, Path | None, list[str]]:
+    """The recipe a command runs: --config, else configs/<hw>.toml (the homework's demo
+    recipe under --demo; none when that file is absent), then the --set overrides and the data
+    folder of --demo / --data, stored absolute so predict and --resume work from anywhere.
+    Returns (config, its file, the overrides as applied)."""
+    default = task_cls.demo_config if demo and task_cls.demo_config else task_cls.name
+    path = Path(config) if config else REPO_ROOT / "configs" / f"{default}.toml"
+    if not config and not path.exists():
+        path = None
+    overrides = list(overrides)
+    if demo or data:
+        data_dir = demo_dir(task_cls) if demo else Path(data)
+        overrides.append(f"data.dir={toml_value(str(data_dir.resolve()))}")
+    return load_config(task_cls.schema(), path, overrides), path, overrides
+
+
 def _train(task_cls: type[Task], args) -> int:
     kfold = args.action == "kfold"
     if args.resume:
@@ -202,18 +214,11 @@ def _train(task_cls: type[Task], args) -> int:
                             "start a new run")
         config = load_run_config(task_cls, run_dir)
     else:
-        default = task_cls.demo_config if args.demo and task_cls.demo_config else task_cls.name
-        config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
-            f"{default}.toml"
-        if not args.config and not config_path.exists():
-            config_path = None
         overrides = list(args.overrides)
         if kfold and args.folds is not None:
             overrides.append(f"kfold.folds={args.folds}")
-        config = load_config(task_cls.schema(), config_path, overrides)
-        if args.demo or args.data:  # stored absolute: predict and --resume work from anywhere
-            data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
-            config["data"] = replace(config["data"], dir=str(data_dir.resolve()))
+        config, config_path, _ = resolve_recipe(task_cls, args.config, overrides,
+                                                demo=args.demo, data=args.data)
         if args.dry_run:
             config = dry_run_config(config)
         name = config_path.stem if config_path else task_cls.name
@@ -247,14 +252,12 @@ def _train(task_cls: type[Task], args) -> int:
     if distributed.is_main():
         handoff(task_cls, result["submission"], Path(run_dir).name)
     if args.demo and distributed.is_main():  # rank 0 wrote the submission
-        demo_summary(task_cls, Path(config["data"].dir), run_dir, result["submission"])
+        demo_summary(task_cls, config, run_dir, result["submission"])
     return 0
 
 
 def _tune(task_cls: type[Task], args) -> int:
     """`<hw> tune`: start a study (its folder, study.json) or continue one (--resume)."""
-    from common.tune import Study, format_table, tune
-
     if args.resume:
         if args.config or args.overrides or args.data or args.demo or args.out:
             raise UserError("--resume continues a study with its saved study.json; pass "
@@ -264,15 +267,11 @@ def _tune(task_cls: type[Task], args) -> int:
             if getattr(args, key) is not None:
                 setattr(study, key, getattr(args, key))
     else:
-        config_path = Path(args.config) if args.config else REPO_ROOT / "configs" / \
-            f"{task_cls.demo_config if args.demo and task_cls.demo_config else task_cls.name}.toml"
-        overrides = list(args.overrides)
-        if args.demo or args.data:
-            data_dir = demo_dir(task_cls) if args.demo else Path(args.data)
-            overrides.append(f"data.dir={toml_value(str(data_dir.resolve()))}")
-        config = load_config(task_cls.schema(), config_path, overrides)
-        from common.tune import parse_space
-
+        config, config_path, overrides = resolve_recipe(task_cls, args.config, args.overrides,
+                                                        demo=args.demo, data=args.data)
+        if config_path is None:
+            raise UserError(f"configs/{task_cls.name}.toml: not found; pass --config FILE "
+                            "with a [tune.space]")
         parse_space(config["tune"].space, task_cls.schema())  # a bad space: one line, now
         cfg = config["tune"]
         name = f"{config_path.stem}-tune" + ("-demo" if args.demo else "")
@@ -315,12 +314,14 @@ def command_name() -> str:
     return prog if prog == "mlhw" else f"python {sys.argv[0]}"
 
 
-def demo_summary(task_cls: type[Task], data_dir: Path, run_dir: Path, submission: Path) -> None:
+def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission: Path
+                 ) -> None:
     """Where things went, how good the result is on the demo's answer key, what to try next."""
     cmd = f"{command_name()} {task_cls.name}"
+    data_dir = Path(config["data"].dir)
     say(f"demo data: {data_dir} (synthetic, in the real layout)")
     say(f"run: {run_dir} (metrics.csv, curves.png, log.txt, checkpoints/)")
-    score = task_cls.demo_score(submission, data_dir)
+    score = task_cls.demo_score(submission, data_dir, config)
     if score:
         say("demo test score (against the demo's answer key): "
             + " ".join(f"{k} {v:.4g}" for k, v in score.items())

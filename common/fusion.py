@@ -138,23 +138,3 @@ def load_outputs(member: str | Path, task: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of floating-point tensors; other tensors (step counters) are
-    taken from the last state."""
-    if not states:
-        raise UserError("no checkpoints to average")
-    keys = list(states[-1])
-    for s in states:
-        if list(s) != keys:
-            raise UserError("the checkpoints hold different models and cannot be averaged")
-    out = {}
-    for k in keys:
-        last = states[-1][k]
-        if torch.is_floating_point(last):
-            acc = torch.zeros_like(last, dtype=torch.float64)
-            for s in states:
-                acc += s[k].double()
-            out[k] = (acc / len(states)).to(last.dtype)
-        else:
-            out[k] = last.clone()
-    return out

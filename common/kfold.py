@@ -22,18 +22,15 @@ from common.batches import concat, take
 from common.checkpoint import load_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
+from common.finished import ensemble_run, fuse_and_write, load_run_config, predict_run
 from common.fusion import FUSABLE
 from common.io import atomic_write, write_csv_atomic
 from common.pipeline import (
-    check_average,
+    check_run_config,
     data_dir_of,
-    ensemble_run,
     fit_split,
-    fuse_and_write,
-    load_run_config,
     predict_and_write,
     predict_outputs,
-    predict_run,
     run_logging,
 )
 from common.rundir import RunDir
@@ -131,7 +128,7 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     run.check_writable()
-    check_average(config)
+    check_run_config(task_cls, config)
     if task_cls.output_kind not in FUSABLE:  # the folds' test outputs could not be fused
         raise UserError(f"{task_cls.name} predicts {task_cls.output_kind}, which k-fold cannot "
                         "fuse; use train (and ensembles of fusable homeworks)")

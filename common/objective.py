@@ -10,7 +10,7 @@ tests/test_toy_seq.py and tests/test_toy_span.py for tasks that use each hook.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,7 +37,15 @@ class Objective:
     """How a model meets a batch. A task overrides `loss` and usually `metrics`; the other
     hooks have defaults that fit one model trained on (input, ..., target) batches."""
 
-    num_layers: int = 0               # for optim.layer_decay: layers numbered 0..num_layers
+    # False: the task's own `training_step` calls trainer.backward / trainer.step for its
+    # named optimizers (a GAN); the engine then leaves DDP out and syncs gradients itself
+    automatic_optimization: ClassVar[bool] = True
+    # False: the task's step cannot honour `update` (e.g. it must step every micro-batch);
+    # the engine then refuses trainer.accum_steps > 1 in one line
+    accumulates: ClassVar[bool] = True
+    # the task's metrics (without the valid_ prefix) where higher is better; every other
+    # metric is lower-is-better (runs and compare sort by this and by the run's trainer.mode)
+    higher_is_better: ClassVar[tuple[str, ...]] = ()
 
     # --- the automatic path ---------------------------------------------------------------
     def forward(self, model: nn.Module, batch) -> Any:
@@ -54,22 +62,30 @@ class Objective:
         """What `loss` averages over; accumulation and DDP weigh each micro-batch by it."""
         return len(batch[0])
 
-    def predict_output(self, output) -> Any:
+    def predict_output(self, output, batch) -> Any:
+        """What is kept of the model's output for one batch (e.g. spans from logits, with the
+        batch's offsets)."""
         return output
 
     # --- optimizers -------------------------------------------------------------------------
     def layer_id(self, name: str) -> int | None:
-        """The layer (0..num_layers) of parameter `name`, for layer-wise lr decay; None: the
+        """The layer (0..layer_count) of parameter `name`, for layer-wise lr decay; None: the
         head. Only tasks that use optim.layer_decay define it."""
         raise NotImplementedError
+
+    def layer_count(self, model: nn.Module) -> int:
+        """The number of the head's layer for optim.layer_decay (the embeddings are layer 0),
+        read from the model that configure_optimizers is given; 0 (the default): the task
+        does not number its layers, and layer_decay < 1 is refused."""
+        return 0
 
     def configure_optimizers(self, model: nn.Module, optim: OptimConfig,
                              sched: SchedConfig) -> dict[str, OptimizerSpec]:
         """Named optimizers. Default: "main" over every trainable parameter, in groups shaped
         by optim.no_decay_bias_norm and optim.layer_decay."""
-        numbered = type(self).layer_id is not Objective.layer_id
-        groups = param_groups(model, optim, layer_id=self.layer_id if numbered else None,
-                              num_layers=self.num_layers)
+        layers = self.layer_count(model)  # 0: the task does not number its layers
+        groups = param_groups(model, optim, layer_id=self.layer_id if layers else None,
+                              num_layers=layers)
         return {"main": OptimizerSpec(groups, optim, sched)}
 
     # --- one training micro-batch ---------------------------------------------------------
@@ -77,9 +93,11 @@ class Objective:
                       ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Forward and backward one micro-batch (already on the device); on the last
         micro-batch of an accumulation group (`update`) step the optimizers. Returns the loss,
-        or named losses, to log. Override for several models or optimizers (a GAN), calling
-        `trainer.backward(loss, name, count)` and `trainer.step(name)`; the engine then skips
-        DDP and averages each optimizer's gradients over processes itself."""
+        or named losses, to log. Override for several models or optimizers (a GAN), with
+        `automatic_optimization = False`, calling `trainer.backward(loss, name, count)` and
+        `trainer.step(name)`; the engine then skips DDP and averages each optimizer's
+        gradients over processes itself. `update` is binding: stepping when it is false is an
+        error (declare `accumulates = False` if the step cannot wait)."""
         batch, _, loss = trainer.forward(batch, train=True)
         trainer.backward(loss, count=self.count(batch))
         if update:
@@ -91,11 +109,11 @@ class Objective:
         """(prediction, target, loss averaged over count(batch)) of one labelled batch, under
         autocast and no_grad. A loss of None: no valid_loss (e.g. a GAN)."""
         output = self.forward(model, batch)
-        return self.predict_output(output), self.target(batch), self.loss(output, batch)
+        return self.predict_output(output, batch), self.target(batch), self.loss(output, batch)
 
     def predict_step(self, model: nn.Module, batch) -> Any:
         """The prediction for one unlabelled batch: logits, token ids, spans, images."""
-        return self.predict_output(self.forward(model, batch))
+        return self.predict_output(self.forward(model, batch), batch)
 
     def join(self, parts: list[Any]) -> Any:
         """Join per-batch predictions (CPU) along the item dimension."""

@@ -12,14 +12,37 @@ from torch import nn
 
 from common.config import option
 from common.errors import UserError
+from common.models import Registry
 
 SCHEDULES = ("constant", "step", "cosine", "linear", "inverse_sqrt")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+# torch.optim constructors by optim.name (registered below)
+OPTIMIZERS = Registry("optim.name")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam", "adamw")
+def _adam(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if cfg.name.lower() == "adam" else torch.optim.AdamW
+    params = list(params)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+               weight_decay=cfg.weight_decay, fused=cfg.fused and fusable(params) or None)
+
+
+@OPTIMIZERS.register("rmsprop")  # the WGAN paper's choice
+def _rmsprop(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
+                               weight_decay=cfg.weight_decay, momentum=cfg.rmsprop_momentum)
+
 
 
 @dataclass
 class OptimConfig:
-    name: str = option("adamw", choices=OPTIMIZERS)  # sgd | adam | adamw | rmsprop
+    name: str = option("adamw", choices=OPTIMIZERS.names())  # sgd | adam | adamw | rmsprop
     lr: float = option(1e-3, min=0.0)
     weight_decay: float = option(0.0, min=0.0)
     no_decay_bias_norm: bool = False  # no weight decay on biases and norm weights (1-D params)
@@ -88,19 +111,7 @@ def fusable(params) -> bool:
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     """An optimizer over parameters or parameter-group dicts (a group's own keys win)."""
-    name = cfg.name.lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        params = list(params)
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                   weight_decay=cfg.weight_decay, fused=cfg.fused and fusable(params) or None)
-    if name == "rmsprop":  # the WGAN paper's choice
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
-                                   weight_decay=cfg.weight_decay, momentum=cfg.rmsprop_momentum)
-    raise UserError(f"optim.name={cfg.name!r} is unknown; choose sgd, adam, adamw or rmsprop")
+    return OPTIMIZERS.build(cfg.name.lower(), params, cfg)
 
 
 def lr_factor(step: int, cfg: SchedConfig, *, total_steps: int, steps_per_epoch: int) -> float:

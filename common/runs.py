@@ -14,6 +14,7 @@ from typing import Any
 from common.config import config_to_dict, load_config, toml_value
 from common.errors import UserError
 from common.rundir import RunDir
+from common.tune import oof_value
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IGNORED = {"data.dir"}   # where the data lies is not a change of recipe
@@ -44,8 +45,6 @@ def best_of(rows: list[dict[str, float]], monitor: str, mode: str) -> tuple[floa
 def kfold_value(run: RunDir, metric: str) -> tuple[str, float] | None:
     """("oof_<name>", value): a finished k-fold run's out-of-fold value of metric (valid_acc
     -> acc, as tune --folds reads it); None for other runs."""
-    from common.tune import oof_value
-
     if not run.kfold.is_file():
         return None
     with open(run.kfold, newline="", encoding="utf-8") as fh:
@@ -92,6 +91,15 @@ def run_config(tasks, hw: str, run: RunDir) -> dict[str, Any]:
         return flat({s: v for s, v in raw.items() if isinstance(v, dict)})
 
 
+def metric_mode(task_cls, config: dict[str, Any], metric: str) -> str:
+    """Whether `metric` is better high ("max") or low ("min") in a run: its trainer.mode for
+    the metric it monitored, else what its task declares (Objective.higher_is_better)."""
+    if metric == config.get("trainer.monitor", "valid_loss"):
+        return str(config.get("trainer.mode", "min"))
+    bare = metric.removeprefix("valid_").removeprefix("train_").removeprefix("oof_")
+    return "max" if bare in task_cls.higher_is_better else "min"
+
+
 def changes(config: dict[str, Any], default: dict[str, Any]) -> str:
     diff = [f"{k}={toml_value(v)}" for k, v in config.items()
             if default.get(k) != v and not (isinstance(v, dict) and not v)]
@@ -107,24 +115,21 @@ def table(tasks, root: str | Path, *, hw: str | None = None, sort: str | None = 
         if name not in defaults:
             defaults[name] = default_config(tasks, name)
         config = run_config(tasks, name, run)
-        monitor = str(config.get("trainer.monitor", "valid_loss"))
-        mode = str(config.get("trainer.mode", "min"))
-        metric = sort or monitor
+        metric = sort or str(config.get("trainer.monitor", "valid_loss"))
+        mode = metric_mode(tasks[name](), config, metric)
         oof = kfold_value(run, metric)
         if oof is not None:  # a k-fold run: its out-of-fold value, from no one step
             metric, value, step = *oof, math.nan
         else:
-            value, step = best_of(read_metrics(run), metric, mode if metric == monitor else
-                                  ("max" if any(w in metric for w in ("acc", "bleu", "em"))
-                                   else "min"))
-        rows.append({"hw": name, "run": str(run.path.relative_to(root)),
+            value, step = best_of(read_metrics(run), metric, mode)
+        rows.append({"hw": name, "run": str(run.path.relative_to(root)), "mode": mode,
                      "date": time.strftime("%Y-%m-%d %H:%M",
                                            time.localtime(run.config.stat().st_mtime)),
                      "state": run.status().get("state", "?"), "metric": metric,
                      "best": value, "step": step, "changes": changes(config, defaults[name])})
-    if sort:
-        high = any(w in sort for w in ("acc", "bleu", "em"))
-        rows.sort(key=lambda r: (math.isnan(r["best"]), -r["best"] if high else r["best"]))
+    if sort:  # best first, each run by its own direction (they agree for one metric)
+        rows.sort(key=lambda r: (math.isnan(r["best"]),
+                                 -r["best"] if r["mode"] == "max" else r["best"]))
     return rows
 
 

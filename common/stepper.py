@@ -52,7 +52,8 @@ class Stepper:
         weighted = loss if micro == 0 and self.world == 1 else loss * (count / self._ref[name])
         if self.scalers[name] is not None:
             weighted = self.scalers[name].scale(weighted)
-        if self.sync_grads:  # only this optimizer's parameters: G's loss leaves D's alone
+        if self.sync_grads or len(self.optimizers) > 1:
+            # only this optimizer's parameters: G's loss leaves D's alone
             weighted.backward(inputs=self.params[name])
         else:
             weighted.backward()

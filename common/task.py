@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,54 +10,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from common.config import Config, option
+from common.config import Config
 from common.data import split_train_valid
 from common.errors import UserError
 from common.mix import MixConfig, classification_loss
 from common.objective import Objective
 from common.optim import OptimConfig, SchedConfig
+from common.sections import DataConfig, KFoldConfig, PredictConfig, TuneConfig
 from common.trainer import TrainerConfig
-from common.tune import TuneConfig
-
-
-@dataclass
-class DataConfig:
-    """Base of every task's [data] section."""
-
-    dir: str = ""                     # data folder; --data and --demo set it
-    # used by tasks that split train into train/valid
-    valid_ratio: float = option(0.2, min=0.0, below=1.0)
-    split_seed: int = 0
-
-
-@dataclass
-class PredictConfig:
-    ckpt: str = "best"                # best | last | a path to a checkpoint
-    # > 0: predict with the mean weights of the newest N kept checkpoints (the course's HW5
-    # "average the last 5 epochs"; needs trainer.keep_checkpoints >= N); ckpt is then unused
-    average: int = option(0, min=0)
-    tta: int = option(0, min=0)  # test-time augmented views besides the plain one
-    # the plain view's weight; the views share the rest
-    tta_plain_weight: float = option(0.5, min=0.0, max=1.0)
-
-
-@dataclass
-class KFoldConfig:
-    folds: int = option(5, min=2)
-    # auto | kfold | stratified | group (auto: group when the task has groups, stratified for
-    # classes, else kfold)
-    split: str = option("auto", choices=("auto", "kfold", "stratified", "group"))
-    seed: int = 0                     # shuffles the folds
-    # fusion of the fold models: mean-prob (default), mean-logit or vote; regression: mean
-    method: str = option("", choices=("", "mean-prob", "mean-logit", "vote", "mean"))
-    vary_seed: bool = True            # fold k trains with trainer.seed + k - 1
 
 
 class Task(Objective):
     """Subclass per homework. `config` is the resolved config (section name -> dataclass)."""
 
     name: ClassVar[str] = ""
-    title: ClassVar[str] = ""
     data_config: ClassVar[type] = DataConfig
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
@@ -72,10 +37,15 @@ class Task(Objective):
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
                                             # dim) | spans (per item {span: score}): fusable;
                                             # any other name (text, tokens, images) is not
-    num_classes: ClassVar[int] = 0
+    num_classes: ClassVar[int] = 0          # fixed class count; class_count() may read state
 
     def __init__(self, config: Config):
         self.config = config
+
+    def class_count(self) -> int:
+        """Classes of the model's output (mixup's one-hot width): the fixed `num_classes`, or
+        what the data said (a task whose classes come from its files overrides this)."""
+        return self.num_classes
 
     def for_config(self, config: Config) -> Task:
         """A fresh task of the same kind under another config (a k-fold fold's), carrying
@@ -115,9 +85,10 @@ class Task(Objective):
     def make_test_dataset(self, test_data: Any):
         raise NotImplementedError
 
-    def tta_view(self, dataset: Any, view: int) -> Any:
-        """The dataset (test or labelled, as built above) under test-time augmentation; its
-        randomness comes from torch's RNG, which is seeded per view."""
+    def tta_view(self, dataset: Any, view: int, seed: int) -> Any:
+        """The dataset (test or labelled, as built above) under test-time augmentation view
+        `view`; its randomness comes from `seed` (the engine's, one per view; torch's global
+        RNG is seeded with it too while the view is predicted)."""
         raise UserError(f"{self.name} has no test-time augmentation; set predict.tta = 0")
 
     # --- k-fold: what the folds keep together or balance ---------------------------------
@@ -148,9 +119,11 @@ class Task(Objective):
         raise NotImplementedError
 
     @classmethod
-    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+    def demo_score(cls, submission: Path, data_dir: Path, config: Config
+                   ) -> dict[str, float] | None:
         """The submission's score against the demo data's answer key (`demo_answers`, a file
-        beside the data in the submission's format): mse for values, accuracy otherwise."""
+        beside the data in the submission's format): mse for values, accuracy otherwise.
+        `config` is the run's resolved config."""
         key = Path(data_dir) / cls.demo_answers
         if not cls.demo_answers or not key.is_file():
             return None
@@ -166,6 +139,7 @@ class ClassificationTask(Task):
     with `model.label_smoothing` if the model config has it, and accuracy."""
 
     output_kind: ClassVar[str] = "logits"
+    higher_is_better: ClassVar[tuple[str, ...]] = ("acc",)
 
     def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
         smoothing = getattr(self.config["model"], "label_smoothing", 0.0)

@@ -98,7 +98,9 @@ class Callback:
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_step_end(self, trainer: Trainer) -> None: ...
-    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float], outputs: Any) -> None:
+        """After each evaluation: its metrics row, and the validation predictions it was
+        computed from (finalized, in dataset order; None without a validation set)."""
     def on_epoch_end(self, trainer: Trainer) -> None: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...
 
@@ -155,6 +157,20 @@ def _check(cfg: TrainerConfig) -> None:
         raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
 
 
+def _name(objective) -> str:
+    """A task's name (or an objective's class name), for messages."""
+    return getattr(objective, "name", "") or getattr(objective, "__name__", "") or \
+        type(objective).__name__
+
+
+def check_accumulation(objective, cfg: TrainerConfig) -> None:
+    """A task (class or instance) that declares `accumulates = False` refuses accum_steps > 1."""
+    if cfg.accum_steps > 1 and not objective.accumulates:
+        raise UserError(f"trainer.accum_steps={cfg.accum_steps}: {_name(objective)} steps on "
+                        "every batch and cannot accumulate; set trainer.accum_steps=1 (and a "
+                        "larger trainer.batch_size instead)")
+
+
 def _suffix(name: str) -> str:
     """Column suffix of a named optimizer: none for "main"."""
     return "" if name == "main" else f"_{name}"
@@ -183,7 +199,9 @@ class Trainer:
             self.model = self.model.to(memory_format=self.memory_format)
         # a task with its own training step gets plain modules; the engine then syncs the
         # gradients of each optimizer itself (DDP cannot follow several models and steps)
-        self.manual = type(objective).training_step is not Objective.training_step
+        self.manual = not objective.automatic_optimization
+        check_accumulation(objective, cfg)
+        self._update = True       # may the running training_step step? (its `update`)
         self.train_model = self.model
         if self.world > 1:
             if self.manual:
@@ -276,7 +294,14 @@ class Trainer:
 
     def step(self, optimizer: str = "main") -> None:
         """One update of `optimizer` (learning rate, unscale, normalise, clip, step, zero the
-        gradients), then of the EMA if it follows the parameters this optimizer updates."""
+        gradients), then of the EMA if it follows the parameters this optimizer updates. Only
+        on the last micro-batch of an accumulation group (`update` in training_step)."""
+        if not self._update:
+            raise UserError(
+                f"{_name(self.objective)}: the training step stepped optimizer {optimizer!r} "
+                "on a micro-batch that is not the last of its group "
+                f"(trainer.accum_steps={self.cfg.accum_steps}); step only when update is "
+                "true, or declare accumulates = False")
         self.stepper.step(optimizer, self.state.step)
         if self.ema is not None and optimizer == self._ema_after:
             self.ema.update_parameters(self.ema_target)
@@ -318,10 +343,20 @@ class Trainer:
 
     def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
         """Mean loss (weighted by the task's count) and the task's metrics over a dataset."""
+        return self._evaluate(dataset, max_batches)[0]
+
+    def _evaluate(self, dataset, max_batches: int = 0) -> tuple[dict[str, float], Any]:
+        """(evaluate's metrics, the predictions they were computed from)."""
         preds, targets, loss = self.collect(dataset, True, max_batches)
         metrics = self.objective.metrics(preds, targets, dataset=dataset)
         return {**({"loss": loss} if loss is not None else {}),
-                **{k: float(v) for k, v in metrics.items()}}
+                **{k: float(v) for k, v in metrics.items()}}, preds
+
+    def grad_scale(self, optimizer: str = "main") -> float:
+        """The AMP loss scale of `optimizer`'s gradients (1 without fp16): divide a gradient
+        read before `step` by it to see its true size."""
+        scaler = self.stepper.scalers[optimizer]
+        return float(scaler.get_scale()) if scaler is not None else 1.0
 
     def predict(self, dataset):
         """The task's predictions for every item, in dataset order, on the CPU."""
@@ -415,8 +450,10 @@ class Trainer:
     def _validate(self, valid_dataset) -> dict[str, float]:
         """Log a metrics row; with a validation set also track the best and early stopping."""
         cfg, st = self.cfg, self.state
-        metrics = {} if valid_dataset is None else {
-            f"valid_{k}": v for k, v in self.evaluate(valid_dataset, cfg.max_eval_batches).items()}
+        metrics, outputs = {}, None
+        if valid_dataset is not None:
+            metrics, outputs = self._evaluate(valid_dataset, cfg.max_eval_batches)
+            metrics = {f"valid_{k}": v for k, v in metrics.items()}
         row = {"epoch": st.epoch, "step": st.step,
                **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()},
                **self.means.pop(), **metrics}
@@ -442,7 +479,7 @@ class Trainer:
         self.log.say(text + (" *" if improved else ""),
                      console=len(st.history) % max(1, cfg.print_every_evals) == 0 or st.stopped)
         for cb in self.callbacks:
-            cb.on_evaluate(self, row)
+            cb.on_evaluate(self, row, outputs)
         return row
 
     def _record_update(self, sums: dict[str, torch.Tensor], count) -> None:
@@ -490,8 +527,10 @@ class Trainer:
                     break
                 update = (b + 1) % cfg.accum_steps == 0 or b + 1 == n_batches
                 batch = self.to_device(batch)
+                self._update = update
                 with self._no_sync(update):
                     out = obj.training_step(self, batch, update=update)
+                self._update = True
                 losses = out if isinstance(out, dict) else {"loss": out}
                 n = obj.count(batch)
                 for key, value in losses.items():

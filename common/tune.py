@@ -15,15 +15,18 @@ import json
 import math
 import multiprocessing as mp
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.config import Config, load_config, option, parse_override, toml_value
+from common.config import Config, load_config, parse_override, toml_value
 from common.errors import UserError
+from common.finished import ensemble_run
 from common.io import write_csv_atomic, write_text_atomic
+from common.kfold import kfold_run
+from common.pipeline import dry_run_config, train_run
 from common.runlog import say
 from common.trainer import Callback
 
@@ -42,21 +45,6 @@ def _optuna():
             from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-@dataclass
-class TuneConfig:
-    """[tune]: the study's defaults (the command line's --trials, --sampler ... win) and its
-    search space, [tune.space]."""
-
-    trials: int = option(20, min=1)
-    timeout: float = option(0.0, min=0.0)          # seconds for this process; 0: none
-    sampler: str = option("tpe", choices=("tpe", "random"))
-    pruner: str = option("median", choices=("median", "hyperband", "none"))
-    seed: int = 0                                   # the sampler's
-    startup_trials: int = option(5, min=0)          # trials before TPE models and pruning starts
-    warmup_evals: int = option(1, min=0)            # evaluations (k-fold: folds) before pruning
-    space: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the space
@@ -168,7 +156,7 @@ class ReportToOptuna(Callback):
     def __init__(self, trial, monitor: str):
         self.trial, self.monitor, self.evals = trial, monitor, 0
 
-    def on_evaluate(self, trainer, metrics):
+    def on_evaluate(self, trainer, metrics, outputs):
         if self.monitor not in metrics:
             return
         self.evals += 1
@@ -252,9 +240,6 @@ def oof_value(oof: dict[str, float], monitor: str) -> float:
 
 def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     """One trial: its sampled overrides on top of the study's, an ordinary run directory."""
-    from common.kfold import kfold_run
-    from common.pipeline import train_run
-
     schema = task_cls.schema()
     config = base_config(task_cls, study)
     space = parse_space(config["tune"].space, schema)
@@ -262,8 +247,6 @@ def run_trial(task_cls: type[Task], study: Study, trial) -> float:
     overrides = [*study.overrides, *(f"{k}={toml_value(v)}" for k, v in params.items())]
     config = load_config(schema, study.config, overrides)
     if study.dry_run:  # after the sampled values, which may set trainer.epochs
-        from common.pipeline import dry_run_config
-
         config = dry_run_config(config)
     run_dir = Path(study.folder) / "trials" / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -373,8 +356,6 @@ def tune(task_cls: type[Task], study: Study, *, resume: bool = False, workers: i
     best = best_trial(opened)
     result = {"study": opened, "table": table, "best": best, "ensemble": None}
     if ensemble_top and best is not None:
-        from common.pipeline import ensemble_run
-
         top = top_trials(opened, ensemble_top)
         out = folder / f"ensemble-top{len(top)}"
         result["ensemble"] = ensemble_run(task_cls, [t.user_attrs["run_dir"] for t in top], out)

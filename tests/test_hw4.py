@@ -17,7 +17,9 @@ from common.config import load_config
 from common.errors import UserError
 from common.pipeline import make_trainer, train_run
 from hw.hw4_speaker import data as speech
-from hw.hw4_speaker.task import SpeakerNet, SpeakerTask, Utterances, margin_logits
+from hw.hw4_speaker.data import Utterances
+from hw.hw4_speaker.model import SpeakerNet
+from hw.hw4_speaker.task import SpeakerTask, margin_logits
 from tests.conftest import ROOT, SHARED, run_cli
 
 REAL_2021 = SHARED / "hw4" / "2021" / "Dataset"

@@ -31,7 +31,7 @@ def test_transformer_learns_the_demo_and_beam_is_at_least_greedy(demo, tmp_path)
     result = train_run(TranslationTask, config, tmp_path / "run")
     lines = (tmp_path / "run" / "prediction.txt").read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and len(lines) == 301 and all(lines[:-1])
-    score = TranslationTask.demo_score(tmp_path / "run" / "prediction.txt", demo)["bleu"]
+    score = TranslationTask.demo_score(tmp_path / "run" / "prediction.txt", demo, config)["bleu"]
     sources = [mt.clean_en(s) for s in mt.read_lines(demo / "test" / "test.en")]
     refs = [mt.clean_zh(s) for s in mt.read_lines(demo / mt.DEMO_REFERENCES)]
     copy = sacrebleu.corpus_bleu(sources, [refs], tokenize="zh").score
@@ -78,3 +78,16 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, case, expected):
                      "--set", f'data.cache_dir="{tmp_path / "c"}"'])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_demo_score_takes_the_direction_from_the_config_it_is_given(demo, tmp_path):
+    """The references themselves score BLEU 100 for an en-zh run; a zh-en run has no score
+    (it translated the pseudo-reference); no config.toml is read from disk."""
+    path = tmp_path / "prediction.txt"
+    path.write_text("".join(mt.clean_zh(s) + "\n" for s in
+                            mt.read_lines(demo / mt.DEMO_REFERENCES)), encoding="utf-8")
+    schema = TranslationTask.schema()
+    en_zh = load_config(schema, None, [f'data.dir="{demo}"'])
+    zh_en = load_config(schema, None, [f'data.dir="{demo}"', 'data.direction="zh-en"'])
+    assert TranslationTask.demo_score(path, demo, en_zh)["bleu"] == pytest.approx(100.0)
+    assert TranslationTask.demo_score(path, demo, zh_en) is None

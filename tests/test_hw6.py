@@ -261,6 +261,11 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
           "--set", 'model.augment="zoom"'], "unknown zoom"),
         (["kfold", "--data", str(demo), "--config", CPU, "--out", str(tmp_path / "r5")],
          "k-fold cannot fuse"),
+        # D and G step on every batch: accumulation is refused before anything is written
+        (["train", "--data", str(demo), "--config", CPU, "--out", str(tmp_path / "r6"),
+          "--set", "trainer.accum_steps=2"], "trainer.accum_steps=2: hw6 steps on every batch"),
+        (["train", "--data", str(demo), "--config", CPU, "--out", str(tmp_path / "r7"),
+          "--set", 'model.arch="biggan"'], "use one of dcgan, style"),
         (["generate", "--run", str(tmp_path / "nothing")], "config.toml: not found"),
         (["fid", "--real", str(demo), "--fake", str(tmp_path / "none.tgz")],
          "neither a folder of images nor a .tgz"),
@@ -269,7 +274,7 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
         code = cli_main(["hw6", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 6))
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 8))
 
 
 def test_real_faces_are_found_one_level_down_and_score_closer_than_the_demo(demo):

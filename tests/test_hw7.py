@@ -248,7 +248,9 @@ def test_layer_decay_numbers_the_bert_layers(demo):
     task = QATask(config(demo, overrides=["optim.layer_decay=0.5", "model.layers=2"]))
     task.load_train(demo)
     model = task.build_model()
-    spec = task.configure_optimizers(model, task.config["optim"], task.config["sched"])["main"]
+    # the layer count comes from the model it is given, not from an earlier build_model
+    fresh = task.for_config(task.config)
+    spec = fresh.configure_optimizers(model, task.config["optim"], task.config["sched"])["main"]
     scale = {id(p): g["lr_scale"] for g in spec.params for p in g["params"]}
     named = dict(model.named_parameters())
     assert scale[id(named["bert.embeddings.word_embeddings.weight"])] == 0.5 ** 3

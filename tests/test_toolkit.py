@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import average_state_dicts, load_checkpoint
 from common.config import load_config
 from common.errors import UserError
-from common.fusion import average_state_dicts, fuse, vote
+from common.finished import average_run, predict_run
+from common.fusion import fuse, vote
 from common.kfold import kfold_run, make_folds, predict_kfold
 from common.mix import (
     MixBatch,
@@ -18,7 +19,7 @@ from common.mix import (
     sample_beta,
     soft_target_cross_entropy,
 )
-from common.pipeline import average_run, fit_split, predict_outputs, predict_run, train_run
+from common.pipeline import fit_split, predict_outputs, train_run
 from common.rundir import RunDir
 from common.runtime import Salt, derive_seed
 from common.trainer import Callback, Trainer
@@ -202,8 +203,9 @@ def test_tta_with_zero_views_equals_plain_prediction_and_views_are_seeded(blobs)
     task.config["predict"].tta_plain_weight = 0.25
     views = []
     for view in range(4):
-        torch.manual_seed(derive_seed(task.config["trainer"].seed, Salt.TTA, view))
-        views.append(trainer.predict(task.tta_view(test, view)).softmax(-1))
+        seed = derive_seed(task.config["trainer"].seed, Salt.TTA, view)
+        torch.manual_seed(seed)
+        views.append(trainer.predict(task.tta_view(test, view, seed)).softmax(-1))
     expected = 0.25 * plain.softmax(-1) + 0.75 * torch.stack(views).mean(0)
     assert torch.allclose(predict_outputs(task, trainer, test).exp(), expected, atol=1e-6)
 

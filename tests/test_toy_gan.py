@@ -65,9 +65,9 @@ class GanModelConfig:
 
 class ToyGanTask(Task):
     name = "toygan"
-    title = "a WGAN-GP on eight Gaussians"
     model_config = GanModelConfig
     output_kind = "samples"    # not fusable: ensembles refuse it
+    automatic_optimization = False  # D and G, each stepped by training_step
     submission_name = "samples.csv"
 
     def load_train(self, data_dir):

@@ -19,7 +19,8 @@ from common.data import LengthBatchSampler
 from common.io import write_text_atomic
 from common.optim import OptimConfig
 from common.pipeline import fit_split
-from common.task import DataConfig, Task
+from common.sections import DataConfig
+from common.task import Task
 from common.trainer import Trainer, TrainerConfig
 
 PAD, BOS, EOS, DIGIT0 = 0, 1, 2, 3
@@ -124,7 +125,6 @@ class SeqModelConfig:
 
 class ToySeqTask(Task):
     name = "toyseq"
-    title = "reverse digit strings"
     data_config = SeqDataConfig
     model_config = SeqModelConfig
     output_kind = "tokens"     # variable-length token ids: not fusable

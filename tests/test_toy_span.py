@@ -94,7 +94,6 @@ class SpanModelConfig:
 
 class ToySpanTask(Task):
     name = "toyspan"
-    title = "find the bracketed span"
     model_config = SpanModelConfig
     output_kind = "spans"
 
@@ -136,7 +135,7 @@ class ToySpanTask(Task):
     def count(self, batch):
         return len(batch["tokens"])
 
-    def predict_output(self, output):
+    def predict_output(self, output, batch):
         start, end = output
         return start.log_softmax(-1), end.log_softmax(-1)
 

@@ -114,15 +114,24 @@ def test_eval_every_steps_callbacks_and_unknown_monitor():
     class Count(Callback):
         def on_fit_start(self, trainer): calls["start"] += 1
         def on_step_end(self, trainer): calls["step"] += 1
-        def on_evaluate(self, trainer, metrics): calls["eval"] += 1
+        def on_evaluate(self, trainer, metrics, outputs):
+            calls["eval"] += 1
+            seen.append(outputs)
         def on_epoch_end(self, trainer): calls["epoch"] += 1
         def on_fit_end(self, trainer): calls["end"] += 1
 
+    seen = []
     trainer = Trainer(model(), Regression(), cfg(epochs=2, eval_every_steps=4),
                       callbacks=[Count()])
-    state = trainer.fit(data(), data(64, seed=3))
+    valid = data(64, seed=3)
+    state = trainer.fit(data(), valid)
     assert [row["step"] for row in state.history] == [4, 8, 12, 16, 20]
     assert calls == {"step": 20, "eval": 5, "epoch": 2, "start": 1, "end": 1}
+    # each evaluation hands its callbacks the validation predictions it scored: the last
+    # one is what the final weights predict, and its MSE is the logged valid_loss
+    assert torch.equal(seen[-1], trainer.predict(valid))
+    mse = ((seen[-1] - valid.tensors[1]) ** 2).mean().item()
+    assert mse == pytest.approx(state.history[-1]["valid_loss"], rel=1e-5)
     with pytest.raises(UserError, match="trainer.monitor='valid_acc'"):
         Trainer(model(), Regression(), cfg(monitor="valid_acc")).fit(data(), data(64))
 
@@ -171,3 +180,65 @@ def test_task_callbacks_run_and_ema_model_must_name_a_model():
     assert calls == [1, 2]
     with pytest.raises(UserError, match="ema_model='G' names no model"):
         Trainer(model(), Regression(), cfg(ema=True, ema_model="G"))
+
+
+class ManualRegression(Regression):
+    """The default step written out as a task's own (manual optimization), honouring update."""
+
+    automatic_optimization = False
+
+    def training_step(self, trainer, batch, *, update):
+        _, _, loss = trainer.forward(batch, train=True)
+        trainer.backward(loss, "main", count=len(batch[0]))
+        if update:
+            trainer.step("main")
+        return loss
+
+
+class EagerRegression(ManualRegression):
+    """A manual step that ignores `update`: it steps on every micro-batch."""
+
+    def training_step(self, trainer, batch, *, update):
+        _, _, loss = trainer.forward(batch, train=True)
+        trainer.backward(loss, "main", count=len(batch[0]))
+        trainer.step("main")
+        return loss
+
+
+def test_a_manual_step_accumulates_like_the_big_batch():
+    """Manual optimization, 2 micro-batches of 8 per update, ends with the weights of plain
+    SGD on batches of 16 (computed by hand, no engine)."""
+    x, y = data(64).tensors
+    trainer = Trainer(model(), ManualRegression(), cfg(epochs=1, batch_size=8, accum_steps=2,
+                                                        log_grad_norm=False),
+                      optim=OptimConfig(name="sgd", lr=0.05, momentum=0.0))
+    trainer.fit(TensorDataset(x, y))
+    reference = model()
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.05)
+    from common.data import EpochBatchSampler
+
+    order = [i for b in EpochBatchSampler(64, 8, shuffle=True, seed=0) for i in b]
+    for start in range(0, 64, 16):
+        rows = torch.tensor(order[start:start + 16])
+        sgd.zero_grad()
+        nn.functional.mse_loss(reference(x[rows]).squeeze(-1), y[rows]).backward()
+        sgd.step()
+    for got, want in zip(trainer.model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert trainer.state.step == 4
+
+
+def test_a_manual_step_that_ignores_update_is_refused():
+    with pytest.raises(UserError, match="stepped optimizer 'main' on a micro-batch"):
+        Trainer(model(), EagerRegression(), cfg(epochs=1, batch_size=8, accum_steps=2)
+                ).fit(data(64))
+    # without accumulation every micro-batch is an update: allowed
+    Trainer(model(), EagerRegression(), cfg(epochs=1, batch_size=8)).fit(data(64))
+
+
+def test_a_task_that_cannot_accumulate_refuses_accum_steps():
+    class Eager(EagerRegression):
+        accumulates = False
+
+    with pytest.raises(UserError, match=r"trainer.accum_steps=2: .*cannot accumulate"):
+        Trainer(model(), Eager(), cfg(accum_steps=2))

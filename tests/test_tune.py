@@ -110,8 +110,8 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import common.tune as tune
     original = tune.ReportToOptuna.on_evaluate
-    def on_evaluate(self, trainer, metrics):
-        original(self, trainer, metrics)
+    def on_evaluate(self, trainer, metrics, outputs):
+        original(self, trainer, metrics, outputs)
         if self.trial.number == 2 and self.evals == 2:
             os._exit(17)  # killed during trial 3, no cleanup
     tune.ReportToOptuna.on_evaluate = on_evaluate

@@ -55,7 +55,6 @@ class NoisyView(Dataset):
 
 class BlobsTask(ClassificationTask):
     name = "blobs"
-    title = "three Gaussian blobs"
     model_config = BlobsModelConfig
     num_classes = 3
     header = ("Id", "Class")
@@ -82,7 +81,7 @@ class BlobsTask(ClassificationTask):
     def make_test_dataset(self, data):
         return TensorDataset(torch.from_numpy(data["x"]))
 
-    def tta_view(self, dataset, view):
+    def tta_view(self, dataset, view, seed):
         return NoisyView(dataset)
 
     def build_model(self) -> nn.Module:

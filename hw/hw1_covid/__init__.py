@@ -1,1 +1,6 @@
 """HW1: predict the day-5 COVID tested-positive rate of a US state from survey data."""
+
+from common.homework import Homework
+
+HOMEWORK = Homework("hw1", "HW1 COVID-19 positive-rate regression (ml2022spring-hw1)",
+                    "hw.hw1_covid.task:CovidTask")

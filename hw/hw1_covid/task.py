@@ -15,10 +15,12 @@ from torch.utils.data import TensorDataset
 from common.config import option
 from common.data import as_float_tensor
 from common.errors import UserError
-from common.models import ACTIVATIONS, build_mlp
+from common.models import ACTIVATIONS
+from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import DataConfig, Task
+from common.task import Task
 from hw.hw1_covid import data as covid
+from hw.hw1_covid.model import ARCHS
 
 
 @dataclass
@@ -36,6 +38,7 @@ class CovidDataConfig(DataConfig):
 
 @dataclass
 class CovidModelConfig:
+    arch: str = option("mlp", choices=ARCHS.names())
     hidden: list[int] = option(factory=lambda: [16, 8], min=1)
     activation: str = option("relu", choices=tuple(ACTIVATIONS))
     dropout: float = option(0.0, min=0.0, below=1.0)
@@ -44,7 +47,6 @@ class CovidModelConfig:
 
 class CovidTask(Task):
     name = "hw1"
-    title = "HW1 COVID-19 positive-rate regression (ml2022spring-hw1)"
     data_config = CovidDataConfig
     model_config = CovidModelConfig
     submission_name = "pred.csv"
@@ -136,9 +138,8 @@ class CovidTask(Task):
 
     # --- model and objective ------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg = self.config["model"]
-        return build_mlp(len(self.selected), cfg.hidden, 1, activation=cfg.activation,
-                         dropout=cfg.dropout, batchnorm=cfg.batchnorm)
+        return ARCHS.build(self.config["model"].arch, self.config["model"],
+                           features=len(self.selected))
 
     def forward(self, model, batch):
         return model(batch[0]).squeeze(-1)

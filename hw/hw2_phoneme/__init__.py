@@ -1,1 +1,6 @@
 """HW2: framewise phoneme classification on LibriPhone MFCC features."""
+
+from common.homework import Homework
+
+HOMEWORK = Homework("hw2", "HW2 framewise phoneme classification (ml2022spring-hw2)",
+                    "hw.hw2_phoneme.task:PhonemeTask")

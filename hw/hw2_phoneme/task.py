@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from common.config import option
 from common.errors import UserError
-from common.models import ACTIVATIONS, build_mlp
+from common.models import ACTIVATIONS
+from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import ClassificationTask, DataConfig
+from common.task import ClassificationTask
 from hw.hw2_phoneme import data as phone
+from hw.hw2_phoneme.model import ARCHS
 
 
 @dataclass
@@ -28,7 +29,7 @@ class PhonemeDataConfig(DataConfig):
 @dataclass
 class PhonemeModelConfig:
     # mlp | lstm | gru (bidirectional, over the window)
-    arch: str = option("mlp", choices=("mlp", "lstm", "gru"))
+    arch: str = option("mlp", choices=ARCHS.names())
     hidden: list[int] = option(factory=lambda: [256, 256], min=1)  # mlp widths / rnn head
     activation: str = option("relu", choices=tuple(ACTIVATIONS))
     dropout: float = option(0.0, min=0.0, below=1.0)
@@ -37,23 +38,6 @@ class PhonemeModelConfig:
     rnn_layers: int = option(2, min=1)
     rnn_dropout: float = option(0.0, min=0.0, below=1.0)
     label_smoothing: float = option(0.0, min=0.0, below=1.0)
-
-
-class WindowRNN(nn.Module):
-    """A bidirectional LSTM/GRU over the (B, n, 39) window; the centre frame's state, through
-    an MLP head, gives the class."""
-
-    def __init__(self, cell: str, n_in: int, hidden: int, layers: int, dropout: float,
-                 head: nn.Module):
-        super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.rnn = rnn(n_in, hidden, num_layers=layers, batch_first=True, bidirectional=True,
-                       dropout=dropout if layers > 1 else 0.0)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return self.head(out[:, x.shape[1] // 2])
 
 
 def split_utterances(n_utt: int, valid_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +53,6 @@ def split_utterances(n_utt: int, valid_ratio: float, seed: int) -> tuple[np.ndar
 
 class PhonemeTask(ClassificationTask):
     name = "hw2"
-    title = "HW2 framewise phoneme classification (ml2022spring-hw2)"
     data_config = PhonemeDataConfig
     model_config = PhonemeModelConfig
     submission_name = "prediction.csv"
@@ -112,18 +95,8 @@ class PhonemeTask(ClassificationTask):
 
     # --- model and objective ------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg, n = self.config["model"], self.config["data"].concat_nframes
-        if cfg.arch == "mlp":
-            return build_mlp(phone.FEAT_DIM * n, cfg.hidden, phone.N_CLASSES,
-                             activation=cfg.activation, dropout=cfg.dropout,
-                             batchnorm=cfg.batchnorm)
-        if cfg.arch in ("lstm", "gru"):
-            head = build_mlp(2 * cfg.rnn_hidden, cfg.hidden, phone.N_CLASSES,
-                             activation=cfg.activation, dropout=cfg.dropout,
-                             batchnorm=cfg.batchnorm)
-            return WindowRNN(cfg.arch, phone.FEAT_DIM, cfg.rnn_hidden, cfg.rnn_layers,
-                             cfg.rnn_dropout, head)
-        raise UserError(f"model.arch={cfg.arch!r}: choose mlp, lstm or gru")
+        return ARCHS.build(self.config["model"].arch, self.config["model"],
+                           concat_nframes=self.config["data"].concat_nframes)
 
     def write_submission(self, frames, outputs, path: Path) -> Path:
         classes = outputs.argmax(-1).numpy()

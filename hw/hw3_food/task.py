@@ -8,20 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.transforms import v2
 
 from common.config import option
 from common.data import split_train_valid
 from common.errors import UserError
 from common.images import ImageDataset, channel_stats
-from common.runtime import Salt, derive_seed
+from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import ClassificationTask, DataConfig
+from common.task import ClassificationTask
 from hw.hw3_food import data as food
+from hw.hw3_food.model import build_network
 
 
 @dataclass
@@ -54,7 +53,8 @@ class FoodDataConfig(DataConfig):
 @dataclass
 class FoodModelConfig:
     arch: str = "resnet"              # course_cnn | resnet (ours, sized below) | any torchvision
-                                      # classification model name (resnet18, resnet50, ...)
+                                      # classification model name (resnet18, resnet50, ...):
+                                      # model.py's ARCHS, then torchvision's own registry
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # resnet stages
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     bottleneck: bool = False
@@ -65,83 +65,8 @@ class FoodModelConfig:
     label_smoothing: float = option(0.0, min=0.0, below=1.0)
 
 
-class Normalize(nn.Module):
-    """uint8 (or 0..255 float, after mixup) images to normalised float; the statistics travel
-    with the weights."""
-
-    def __init__(self, mean: list[float], std: list[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
-
-
-def course_cnn(image_size: int, num_classes: int) -> nn.Sequential:
-    """The course sample: five Conv3x3-BN-ReLU-MaxPool blocks (64, 128, 256, 512, 512) and a
-    1024-512 MLP head; 12,833,803 parameters at 128x128."""
-    layers, c_in = [], 3
-    for c_out in (64, 128, 256, 512, 512):
-        layers += [nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(),
-                   nn.MaxPool2d(2, 2, 0)]
-        c_in = c_out
-    side = image_size // 32
-    if side < 1:
-        raise UserError(f"data.image_size={image_size}: the course CNN needs at least 32")
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * side * side, 1024), nn.ReLU(),
-                         nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, num_classes))
-
-
-def make_stem(kind: str, width: int) -> nn.Sequential:
-    if kind not in ("conv3", "conv3s2", "imagenet"):
-        raise UserError(f"model.stem={kind!r}: choose conv3, conv3s2 or imagenet")
-    if kind == "imagenet":
-        return nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                             nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-    return nn.Sequential(nn.Conv2d(3, width, 3, 2 if kind == "conv3s2" else 1, 1, bias=False),
-                         nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-
-
-def residual_net(widths: list[int], blocks: list[int], *, bottleneck: bool, stem: str,
-                 dropout: float, num_classes: int) -> nn.Sequential:
-    """A ResNet of any width and depth from torchvision's blocks: each stage after the first
-    halves the resolution; the last BatchNorm of every block starts at zero."""
-    if not widths or len(widths) != len(blocks) or min(blocks) < 1:
-        raise UserError("model.widths and model.blocks need one entry per stage, blocks >= 1")
-    block = Bottleneck if bottleneck else BasicBlock
-    layers = [make_stem(stem, widths[0])]
-    c_in = widths[0]
-    for i, (width, n) in enumerate(zip(widths, blocks, strict=True)):
-        for j in range(n):
-            stride = 2 if i > 0 and j == 0 else 1
-            c_out = width * block.expansion
-            down = None if stride == 1 and c_in == c_out else nn.Sequential(
-                conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
-            layers.append(block(c_in, width, stride, down))
-            c_in = c_out
-    for m in layers[1:]:
-        nn.init.zeros_(m.bn3.weight if bottleneck else m.bn2.weight)
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                         nn.Linear(c_in, num_classes))
-
-
-def torchvision_model(name: str, stem: str, num_classes: int) -> nn.Module:
-    """A torchvision classification model by name with random weights; resnets get our stem."""
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise UserError(f"model.arch={name!r} is unknown; choose course_cnn, resnet or a "
-                        f"torchvision model such as {', '.join(n for n in names if 'res' in n)}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if stem != "imagenet" and hasattr(model, "conv1") and hasattr(model, "maxpool"):
-        model.conv1 = make_stem(stem, model.conv1.out_channels)[0]
-        model.maxpool = nn.Identity()
-    return model
-
-
 class FoodTask(ClassificationTask):
     name = "hw3"
-    title = "HW3 Food-11 image classification (ml2022spring-hw3b)"
     data_config = FoodDataConfig
     model_config = FoodModelConfig
     submission_name = "submission.csv"
@@ -242,21 +167,13 @@ class FoodTask(ClassificationTask):
         crop = self._crop(self.config["data"].tta_crop_scale)
         return v2.Compose([Image.fromarray, crop, v2.RandomHorizontalFlip(), v2.PILToTensor()])
 
-    def tta_view(self, dataset: ImageDataset, view: int) -> ImageDataset:
-        seed = derive_seed(self.config["trainer"].seed, Salt.TTA, view)
+    def tta_view(self, dataset: ImageDataset, view: int, seed: int) -> ImageDataset:
         return dataset.with_transform(self.tta_transform(), seed)
 
     # --- model and objective --------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg, size = self.config["model"], self.config["data"].image_size
-        if cfg.arch == "course_cnn":
-            body = course_cnn(size, self.num_classes)
-        elif cfg.arch == "resnet":
-            body = residual_net(cfg.widths, cfg.blocks, bottleneck=cfg.bottleneck, stem=cfg.stem,
-                                dropout=cfg.dropout, num_classes=self.num_classes)
-        else:
-            body = torchvision_model(cfg.arch, cfg.stem, self.num_classes)
-        return nn.Sequential(Normalize(self.mean, self.std), body)
+        return build_network(self.config["model"], image_size=self.config["data"].image_size,
+                             num_classes=self.num_classes, mean=self.mean, std=self.std)
 
     def write_submission(self, images: food.FoodImages, outputs, path: Path) -> Path:
         return write_submission(path, self.header, images.ids, outputs.argmax(-1).numpy())

@@ -17,6 +17,7 @@ from common.checkpoint import load_torch_file
 from common.data import find_data_root
 from common.errors import UserError
 from common.io import atomic_write, files_key, write_csv_atomic, write_text_atomic
+from common.runtime import hashed_uniform
 
 N_MELS = 40
 PAD_VALUE = -20.0                  # the course pads with log of a near-zero energy
@@ -27,7 +28,7 @@ STORE_VERSION = 1
 
 
 @dataclass
-class Utterances:
+class Recordings:
     """One split: feature files, frame counts and (training) speaker indices."""
 
     root: Path
@@ -80,7 +81,7 @@ def load_speakers(root: Path) -> list[str]:
     return speakers
 
 
-def load_train(data_dir: Path) -> Utterances:
+def load_train(data_dir: Path) -> Recordings:
     root = find_root(Path(data_dir))
     speakers = load_speakers(root)
     index = {name: i for i, name in enumerate(speakers)}
@@ -102,18 +103,18 @@ def load_train(data_dir: Path) -> Utterances:
             labels.append(index[name])
     if not paths:
         raise UserError(f"{path}: no training utterances")
-    return Utterances(root, paths, np.array(lengths, dtype=np.int64),
+    return Recordings(root, paths, np.array(lengths, dtype=np.int64),
                       np.array(labels, dtype=np.int64), speakers)
 
 
-def load_test(data_dir: Path) -> Utterances:
+def load_test(data_dir: Path) -> Recordings:
     root = find_root(Path(data_dir))
     path = root / "testdata.json"
     data = _json(path)
     if not isinstance(data.get("utterances"), list) or not data["utterances"]:
         raise UserError(f"{path}: needs a non-empty 'utterances' list")
     recs = [_record(path, rec, f"utterance {i}") for i, rec in enumerate(data["utterances"])]
-    return Utterances(root, [p for p, _ in recs], np.array([n for _, n in recs], np.int64),
+    return Recordings(root, [p for p, _ in recs], np.array([n for _, n in recs], np.int64),
                       None, load_speakers(root))
 
 
@@ -145,7 +146,7 @@ def load_feature(path: Path, length: int) -> torch.Tensor:
     return feat
 
 
-def pack(utts: Utterances, *, cache_dir: str | Path | None, dtype: str = "float32",
+def pack(utts: Recordings, *, cache_dir: str | Path | None, dtype: str = "float32",
          desc: str = "pack") -> PackedMels:
     """Read every feature file once into one array (validated), kept on disk under cache_dir
     by a key of the files and settings and memory-mapped when reused."""
@@ -329,17 +330,56 @@ def write_demo_data(dest: Path) -> Path:
     return dest
 
 
-def featurize_command(argv: list[str]) -> int:
-    """`run.py hw4 featurize --audio DIR --out DIR [--seed N]` (argv[0] is the program)."""
-    import argparse
+class Utterances:
+    """The dataset: utterances of a packed store, indexed a whole batch at a time: (features
+    (B, T, 40) padded with -20, lengths (B,), labels (B,) when known). With `crop`, each item is
+    a crop of that many frames (shorter ones whole), its start a pure function of (seed,
+    epoch, item)."""
 
-    parser = argparse.ArgumentParser(
-        prog=argv[0], description="Turn audio (<speaker>/<file>.wav|flac, plus an optional "
-        "test/ folder) into the course's Dataset/ layout with the course's log-mel front end.")
-    parser.add_argument("--audio", required=True, metavar="DIR", help="the audio folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the Dataset/ to write")
-    parser.add_argument("--seed", type=int, default=0, help="for the uttr-<hex> file names")
-    args = parser.parse_args(argv[1:])
-    out = featurize(Path(args.audio), Path(args.out), seed=args.seed)
-    print(f"dataset: {out} (train with: run.py hw4 train --data {out})")
-    return 0
+    batched_indexing = True
+
+    def __init__(self, store: PackedMels, rows: np.ndarray, labels: np.ndarray | None,
+                 *, crop: int = 0, crop_max: int = 0, seed: int = 0):
+        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        full = np.diff(store.offsets)[self.rows]
+        self.crop, self.crop_max, self.seed, self.epoch = crop, crop_max, seed, 0
+        self.lengths = np.minimum(full, crop) if crop else full  # what a batch holds
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _crop_len(self, idx: np.ndarray) -> int:
+        if self.crop_max > self.crop:  # one length per batch, drawn from its first item
+            u = hashed_uniform(self.seed, self.epoch + 7919, idx[:1])[0]
+            return self.crop + int(u * (self.crop_max - self.crop + 1))
+        return self.crop
+
+    def __getitem__(self, idx):
+        idx = np.asarray(torch.as_tensor(idx).reshape(-1), dtype=np.int64)
+        rows = self.rows[idx]
+        starts, full = self.store.offsets[rows], np.diff(self.store.offsets)[rows]
+        take = full.copy()
+        if self.crop:
+            size = self._crop_len(idx)
+            take = np.minimum(full, size)
+            begin = np.floor(hashed_uniform(self.seed, self.epoch, idx)
+                             * (full - take + 1)).astype(np.int64)
+            starts = starts + begin
+        width = int(take.max())
+        frames = np.arange(width)[None, :]
+        gather = np.minimum(starts[:, None] + frames, starts[:, None] + take[:, None] - 1)
+        x = torch.from_numpy(np.asarray(self.store.array[gather.reshape(-1)],
+                                        dtype=np.float32).reshape(len(idx), width, -1))
+        lengths = torch.from_numpy(take)
+        x[torch.from_numpy(frames >= take[:, None])] = PAD_VALUE
+        if self.labels is None:
+            return x, lengths
+        return x, lengths, self.labels[torch.from_numpy(idx)]
+
+    def with_crop(self, crop: int, seed: int) -> Utterances:
+        view = Utterances(self.store, self.rows, self.labels, crop=crop, seed=seed)
+        return view

@@ -12,13 +12,14 @@ import torch
 
 from common.cli import run_parser
 from common.errors import UserError
+from common.finished import load_run_model
 from common.io import write_text_atomic
-from common.pipeline import load_run_model, make_trainer
+from common.pipeline import make_trainer
 from common.plots import plot_grad_norms, plot_matrix
 from common.rundir import RunDir
 from common.runlog import say
 from hw.hw5_translate import data as mt
-from hw.hw5_translate.task import Pairs, TranslationTask
+from hw.hw5_translate.task import Pairs, Sampling, TranslationTask
 
 
 def _parser(argv0: str, description: str) -> argparse.ArgumentParser:
@@ -59,8 +60,8 @@ def backtranslate_command(argv: list[str]) -> int:
         raise UserError(f"{mono}: no Chinese line survives cleaning; pass --mono FILE")
     packed = mt.pack(task.sp, zh)
     if args.sample:
-        task.sampling = {"temperature": args.temperature, "topk": args.topk,
-                         "generator": torch.Generator().manual_seed(task.config["trainer"].seed)}
+        task = task.with_sampling(Sampling(temperature=args.temperature, topk=args.topk,
+                                           seed=task.config["trainer"].seed))
     way = "sampling" if args.sample else f"beam {task.config['model'].beam}"
     say(f"back-translating {len(zh)} lines of {mono} with {ckpt} ({way})")
     trainer = make_trainer(task, model, None)

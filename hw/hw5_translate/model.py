@@ -11,6 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import UserError
+from common.models import Registry
+
+PAD = 0                       # the SentencePiece model's padding id
+ARCHS = Registry("model.arch")  # (model config, vocabulary size) -> model
+
 
 class Attention(nn.Module):
     def __init__(self, d_model: int, heads: int, dropout: float):
@@ -209,3 +215,21 @@ class Seq2SeqRNN(nn.Module):
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
+
+
+@ARCHS.register("transformer")
+def transformer(cfg, *, vocab: int) -> Seq2SeqTransformer:
+    if cfg.d_model % cfg.heads:
+        raise UserError(f"model.d_model={cfg.d_model} must be a multiple of "
+                        f"model.heads={cfg.heads}")
+    return Seq2SeqTransformer(vocab, d_model=cfg.d_model, heads=cfg.heads,
+                              enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+                              ff=cfg.ff_dim, dropout=cfg.dropout, positions=cfg.positions,
+                              pad=PAD)
+
+
+@ARCHS.register("rnn")
+def rnn(cfg, *, vocab: int) -> Seq2SeqRNN:
+    return Seq2SeqRNN(vocab, embed=cfg.d_model, hidden=cfg.rnn_hidden,
+                      enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
+                      dropout=cfg.dropout, pad=PAD)

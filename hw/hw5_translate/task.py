@@ -5,7 +5,6 @@ prediction.txt (one detokenised line per test sentence, JudgeBoi's 700 kB limit 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,13 @@ from common.config import option
 from common.data import LengthBatchSampler
 from common.errors import UserError
 from common.io import write_text_atomic
-from common.rundir import RunDir
-from common.task import DataConfig, Task
+from common.sections import DataConfig
+from common.task import Task
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.decode import beam_search, greedy, sample
-from hw.hw5_translate.model import Seq2SeqRNN, Seq2SeqTransformer
+from hw.hw5_translate.model import ARCHS, PAD
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+UNK, BOS, EOS = 1, 2, 3
 JUDGEBOI_LIMIT = 700_000
 
 
@@ -43,7 +42,7 @@ class MTDataConfig(DataConfig):
 
 @dataclass
 class MTModelConfig:
-    arch: str = option("transformer", choices=("transformer", "rnn"))
+    arch: str = option("transformer", choices=ARCHS.names())
     d_model: int = option(256, min=8)           # the embedding size of both
     rnn_hidden: int = option(512, min=1)        # rnn: encoder GRU per direction; decoder 2x
     heads: int = option(4, min=1)
@@ -103,9 +102,18 @@ class Bitext:
     n_real: int
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding by drawing each piece: softmax(log-probabilities / temperature) over the topk
+    most likely (0: all), from a generator seeded with `seed`."""
+
+    temperature: float = 1.0
+    topk: int = 0
+    seed: int = 0
+
+
 class TranslationTask(Task):
     name = "hw5"
-    title = "HW5 English to Chinese translation (JudgeBoi)"
     data_config = MTDataConfig
     model_config = MTModelConfig
     submission_name = "prediction.txt"
@@ -114,13 +122,22 @@ class TranslationTask(Task):
     download_hint = "ted2020.tgz and test.tgz (GitHub release yuhsinchan/ML2022-HW5Dataset " \
         "v1.0.2), extracted"
     output_kind = "text"
+    higher_is_better = ("bleu",)
     demo_config = "hw5_cpu"
 
-    def __init__(self, config):
+    def __init__(self, config, *, sampling: Sampling | None = None):
+        """`sampling`: predictions are drawn (seeded) instead of searched (model.beam)."""
         super().__init__(config)
         self.spm_proto: bytes = b""
         self._sp = None
-        self.sampling: dict | None = None  # sample() options: predictions drawn, not searched
+        self.sampling = sampling
+        self._generator = torch.Generator().manual_seed(sampling.seed) if sampling else None
+
+    def with_sampling(self, sampling: Sampling) -> TranslationTask:
+        """This task (config and fitted state) decoding by seeded sampling."""
+        task = type(self)(self.config, sampling=sampling)
+        task.load_state_dict(self.state_dict())
+        return task
 
     # --- subwords -----------------------------------------------------------------------
     @property
@@ -189,18 +206,8 @@ class TranslationTask(Task):
 
     # --- model and objective --------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg = self.config["model"]
-        if cfg.arch == "rnn":
-            return Seq2SeqRNN(self.sp.get_piece_size(), embed=cfg.d_model,
-                              hidden=cfg.rnn_hidden, enc_layers=cfg.enc_layers,
-                              dec_layers=cfg.dec_layers, dropout=cfg.dropout, pad=PAD)
-        if cfg.d_model % cfg.heads:
-            raise UserError(f"model.d_model={cfg.d_model} must be a multiple of "
-                            f"model.heads={cfg.heads}")
-        return Seq2SeqTransformer(self.sp.get_piece_size(), d_model=cfg.d_model,
-                                  heads=cfg.heads, enc_layers=cfg.enc_layers,
-                                  dec_layers=cfg.dec_layers, ff=cfg.ff_dim,
-                                  dropout=cfg.dropout, positions=cfg.positions, pad=PAD)
+        return ARCHS.build(self.config["model"].arch, self.config["model"],
+                           vocab=self.sp.get_piece_size())
 
     def forward(self, model, batch):
         return model(batch["src"], batch["tgt_in"])
@@ -223,7 +230,8 @@ class TranslationTask(Task):
         model = getattr(model, "module", model)
         kw = dict(bos=BOS, eos=EOS, pad=PAD, a=cfg.max_len_a, b=cfg.max_len_b)
         if self.sampling is not None:
-            return sample(model, src, **self.sampling, **kw)
+            return sample(model, src, temperature=self.sampling.temperature,
+                          topk=self.sampling.topk, generator=self._generator, **kw)
         if beam <= 1:
             return greedy(model, src, **kw)
         return beam_search(model, src, beam=beam, length_penalty=cfg.length_penalty, **kw)
@@ -269,13 +277,11 @@ class TranslationTask(Task):
         return mt.write_demo_data(Path(dest))
 
     @classmethod
-    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+    def demo_score(cls, submission: Path, data_dir: Path, config) -> dict[str, float] | None:
         """BLEU of an en-zh run's prediction.txt against the demo's references (cleaned like
         the targets); a zh-en run has none (it translated the pseudo-reference)."""
         refs = Path(data_dir) / mt.DEMO_REFERENCES
-        config = RunDir(Path(submission).parent).config
-        if not refs.is_file() or (config.is_file() and tomllib.loads(config.read_text(
-                encoding="utf-8")).get("data", {}).get("direction") == "zh-en"):
+        if not refs.is_file() or config["data"].direction == "zh-en":
             return None
         import sacrebleu
 

@@ -14,8 +14,9 @@ import torch
 
 from common.cli import run_parser
 from common.errors import UserError
+from common.finished import load_run_model
 from common.images import image_files, load_images
-from common.pipeline import load_run_model, make_trainer
+from common.pipeline import make_trainer
 from common.plots import plt, read_steps, save_figure
 from common.rundir import RunDir
 from common.runlog import say
@@ -48,9 +49,10 @@ def generate_command(argv: list[str]) -> int:
     if args.seed is not None:
         task.config["trainer"] = replace(task.config["trainer"], seed=args.seed)
     say(f"generating {args.count} faces with {ckpt}")
-    images = make_trainer(task, model, None).predict(task.make_test_dataset(args.count))
+    codes = task.test_codes(args.count)
+    images = make_trainer(task, model, None).predict(codes)
     out.mkdir(parents=True, exist_ok=True)
-    path = task.write_submission(args.count, images, out / task.submission_name)
+    path = task.write_submission(codes, images, out / task.submission_name)
     say(f"submission: {path} (images in {out / 'images'})")
     return 0
 
@@ -140,7 +142,7 @@ def report_command(argv: list[str]) -> int:
         if len(columns) < 1:
             raise UserError(f"{run.steps}: no per-layer gradient norms; train with "
                             "model.log_d_layers = true")
-        from common.pipeline import load_run_config
+        from common.finished import load_run_config
 
         cfg = load_run_config(GanTask, run.path)["model"]
         how = (f"weight clipping {cfg.clip_weights:g}" if cfg.clip_weights else "") or \

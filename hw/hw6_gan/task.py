@@ -27,20 +27,13 @@ from common.images import ImageDataset, load_images
 from common.io import atomic_write, files_key
 from common.objective import OptimizerSpec
 from common.runtime import choose_device, derive_seed
-from common.task import DataConfig, Task
+from common.sections import DataConfig
+from common.task import Task
 from common.trainer import Callback
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.augment import augment, parse_policy
-from hw.hw6_gan.models import (
-    NORMS,
-    DCGANDiscriminator,
-    DCGANGenerator,
-    ResidualDiscriminator,
-    StyleGenerator,
-    _levels,
-    weight_layers,
-)
+from hw.hw6_gan.model import ARCHS, NORMS, doublings, weight_layers
 
 ARCHIVE_LIMIT = 2_000_000      # JudgeBoi: under 2 MB
 SUBMISSION_IMAGES = 1000
@@ -60,7 +53,7 @@ class GanDataConfig(DataConfig):
 
 @dataclass
 class GanModelConfig:
-    arch: str = option("dcgan", choices=("dcgan", "style"))
+    arch: str = option("dcgan", choices=ARCHS.names())
     z_dim: int = option(100, min=1)
     g_width: int = option(64, min=1)        # dcgan: the last block's channels; style: base
     d_width: int = option(64, min=1)
@@ -163,19 +156,17 @@ def check_archive(data: bytes, count: int, shape, path: Path) -> None:
 class GridCallback(Callback):
     """Each evaluation's first `grid` generated images as samples/step-<step>.png."""
 
-    def __init__(self, task: GanTask):
-        self.task = task
+    def __init__(self, grid: int):
+        self.grid = grid
 
-    def on_evaluate(self, trainer, metrics):
-        images = self.task.last_images
-        if trainer.writes and images is not None and self.task.config["model"].grid:
-            save_grid(images[:self.task.config["model"].grid],
+    def on_evaluate(self, trainer, metrics, images):
+        if trainer.writes and images is not None and self.grid:
+            save_grid(images[:self.grid],
                       trainer.run.path / "samples" / f"step-{trainer.state.step:09d}.png")
 
 
 class GanTask(Task):
     name = "hw6"
-    title = "HW6 anime-face generation (JudgeBoi)"
     data_config = GanDataConfig
     model_config = GanModelConfig
     submission_name = "submission.tgz"
@@ -184,14 +175,16 @@ class GanTask(Task):
     download_hint = "faces.zip from the Hugging Face dataset LeoFeng/MLHW_6, extracted"
     output_kind = "images"
     demo_config = "hw6_cpu"
+    automatic_optimization = False   # D and G, each with its own optimizer and step
+    # D steps on every batch and G every n_critic of D's steps: one batch is one update
+    accumulates = False
 
     def __init__(self, config):
         super().__init__(config)
-        self.last_images: torch.Tensor | None = None
         self._features: dict[str, nn.Module] = {}
         self._real: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.policy = parse_policy(config["model"].augment)
-        _levels(config["data"].image_size)  # a size the networks cannot build: one line now
+        doublings(config["data"].image_size)  # a size the networks cannot build: one line now
         self.faces: np.ndarray | None = None
         self.faces_key = ""
 
@@ -205,8 +198,12 @@ class GanTask(Task):
         self.faces, self.faces_key = cached.array, files_key(files, cfg.image_size)
         return cached.array
 
-    def load_test(self, data_dir: Path) -> int:
-        return SUBMISSION_IMAGES
+    def load_test(self, data_dir: Path) -> LatentCodes:
+        """The test set: the latent codes of the 1000 submission images (no files)."""
+        return self.test_codes(SUBMISSION_IMAGES)
+
+    def test_codes(self, n: int) -> LatentCodes:
+        return LatentCodes(self.codes(n, TEST_CODES))
 
     def codes(self, n: int, salt: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(derive_seed(self.config["trainer"].seed, salt))
@@ -222,20 +219,13 @@ class GanTask(Task):
         return ImageDataset(array, train_idx), \
             LatentCodes(self.codes(self.config["model"].fid_images, FIXED_CODES))
 
-    def make_test_dataset(self, n: int):
-        return LatentCodes(self.codes(n, TEST_CODES))
+    def make_test_dataset(self, codes: LatentCodes) -> LatentCodes:
+        return codes
 
     # --- models and optimizers ------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg, size = self.config["model"], self.config["data"].image_size
-        if cfg.arch == "style":
-            g = StyleGenerator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, mapping=cfg.mapping_layers,
-                               width=cfg.g_width, size=size, max_channels=cfg.max_channels)
-            d = ResidualDiscriminator(width=cfg.d_width, size=size,
-                                      max_channels=cfg.max_channels)
-        else:
-            g = DCGANGenerator(z_dim=cfg.z_dim, width=cfg.g_width, size=size)
-            d = DCGANDiscriminator(width=cfg.d_width, size=size, norm=cfg.d_norm)
+        g, d = ARCHS.build(self.config["model"].arch, self.config["model"],
+                           self.config["data"].image_size)
         return nn.ModuleDict({"G": g, "D": d})
 
     def configure_optimizers(self, model, optim, sched):
@@ -244,7 +234,7 @@ class GanTask(Task):
                 "G": OptimizerSpec(list(model["G"].parameters()), optim, sched)}
 
     def callbacks(self):
-        return [GridCallback(self)]
+        return [GridCallback(self.config["model"].grid)]
 
     # --- one training step ----------------------------------------------------------------
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -315,8 +305,7 @@ class GanTask(Task):
 
     def layer_norms(self, trainer, d: nn.Module) -> dict[str, torch.Tensor]:
         """The gradient norm of each of D's weight layers (unscaled under fp16)."""
-        scaler = trainer.stepper.scalers.get("D")
-        scale = float(scaler.get_scale()) if scaler is not None else 1.0
+        scale = trainer.grad_scale("D")
         return {f"dgrad_{i}": p.grad.detach().float().norm() / scale
                 for i, (_, p) in enumerate(weight_layers(d)) if p.grad is not None}
 
@@ -325,14 +314,7 @@ class GanTask(Task):
 
     # --- generation and scoring -----------------------------------------------------------
     def predict_step(self, model, batch):
-        g = model["G"]
-        if hasattr(g, "truncation"):
-            g.truncation = self.config["model"].truncation
-        try:
-            return to_uint8(g(batch[0]))
-        finally:
-            if hasattr(g, "truncation"):
-                g.truncation = 1.0
+        return to_uint8(model["G"](batch[0], truncation=self.config["model"].truncation))
 
     def validation_step(self, model, batch):
         return to_uint8(model["G"](batch[0])), None, None   # no labels, no loss
@@ -360,7 +342,6 @@ class GanTask(Task):
 
     def metrics(self, images, targets, dataset=None):
         """proxy_fid always; fid (InceptionV3) too when model.inception names the weights."""
-        self.last_images = images
         kinds = ("proxy", "inception") if self.config["model"].inception else ("proxy",)
         out = {}
         for kind in kinds:
@@ -370,7 +351,8 @@ class GanTask(Task):
         return out
 
     # --- submission -------------------------------------------------------------------------
-    def write_submission(self, n: int, images: torch.Tensor, path: Path) -> Path:
+    def write_submission(self, codes: LatentCodes, images: torch.Tensor, path: Path) -> Path:
+        n = len(codes)
         if len(images) != n:
             raise UserError(f"{path}: {len(images)} images generated, {n} expected")
         quality, size = write_archive(images, Path(path), Path(path).parent / "images")
@@ -384,7 +366,7 @@ class GanTask(Task):
         return faces.write_demo_data(Path(dest))
 
     @classmethod
-    def demo_score(cls, submission: Path, data_dir: Path) -> dict[str, float] | None:
+    def demo_score(cls, submission: Path, data_dir: Path, config) -> dict[str, float] | None:
         """The proxy FID of the submitted images against the demo faces."""
         with tarfile.open(submission, "r:gz") as tar:
             from PIL import Image

@@ -34,6 +34,7 @@ class QASet:
     answers: list[str] | None
     starts: np.ndarray | None
     ends: np.ndarray | None
+    n_train: int = 0         # train and dev joined: the first n_train questions are train's
 
     def __len__(self) -> int:
         return len(self.questions)

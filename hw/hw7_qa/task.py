@@ -15,10 +15,12 @@ from torch import nn
 
 from common.config import option
 from common.errors import UserError
+from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import DataConfig, Task
+from common.task import Task
 from hw.hw7_qa import data as qadata
 from hw.hw7_qa import windows as win
+from hw.hw7_qa.model import hf_load, pretrained_qa_model, small_bert
 
 
 @dataclass
@@ -48,13 +50,13 @@ class QAModelConfig:
 
 class QATask(Task):
     name = "hw7"
-    title = "HW7 BERT extractive question answering (ml2022spring-hw7)"
     data_config = QADataConfig
     model_config = QAModelConfig
     submission_name = "result.csv"
     kaggle_competition = "ml2022spring-hw7"
     download_hint = "hw7_data.zip (gdown id 1AVgZvy3VFeg0fX-6WQJMHPVrx3A-M1kb), unzipped"
     output_kind = "spans"
+    higher_is_better = ("em", "coverage")
     demo_answers = qadata.DEMO_ANSWERS
     demo_config = "hw7_cpu"
     demo_baseline = "not run offline (bert-base-chinese is a download); its naive rule on " \
@@ -107,7 +109,7 @@ class QATask(Task):
         rows = np.arange(len(data))
         if self.config["data"].dev == "train":
             return rows, rows[:0]
-        return rows[:self.n_train], rows[self.n_train:]
+        return rows[:data.n_train], rows[data.n_train:]
 
     def labelled_dataset(self, data, idx):
         return win.EvalWindows(data, idx, self.tokenizer, doc_stride=self.config["data"]
@@ -128,23 +130,13 @@ class QATask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.config["model"]
         if cfg.name:
-            from transformers import AutoModelForQuestionAnswering
+            return pretrained_qa_model(cfg.name)
+        return small_bert(cfg, vocab_size=len(self.tokenizer),
+                          max_length=self.config["data"].max_length)
 
-            model = hf_load(AutoModelForQuestionAnswering.from_pretrained, cfg.name)
-        else:
-            from transformers import BertConfig, BertForQuestionAnswering
-
-            if cfg.hidden % cfg.heads:
-                raise UserError(f"model.hidden={cfg.hidden} must be a multiple of "
-                                f"model.heads={cfg.heads}")
-            model = BertForQuestionAnswering(BertConfig(
-                vocab_size=len(self.tokenizer), hidden_size=cfg.hidden,
-                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                intermediate_size=cfg.ff_dim, hidden_dropout_prob=cfg.dropout,
-                attention_probs_dropout_prob=cfg.dropout,
-                max_position_embeddings=max(512, self.config["data"].max_length)))
-        self.num_layers = getattr(model.config, "num_hidden_layers", 0) + 1
-        return model
+    def layer_count(self, model: nn.Module) -> int:
+        """The span head's layer: above the embeddings (0) and every encoder layer."""
+        return getattr(model.config, "num_hidden_layers", 0) + 1
 
     def layer_id(self, name: str) -> int | None:
         """Embeddings 0, encoder layer i: i + 1, the span head: None (the top)."""
@@ -170,14 +162,7 @@ class QATask(Task):
     def target(self, batch):
         return None  # answers are per question, in the dataset
 
-    def validation_step(self, model, batch):
-        output = self.forward(model, batch)
-        return self.predict_output(output, batch), None, self.loss(output, batch)
-
-    def predict_step(self, model, batch):
-        return self.predict_output(self.forward(model, batch), batch)
-
-    def predict_output(self, output, batch=None):
+    def predict_output(self, output, batch):
         return win.top_candidates(*output, batch, self.config["model"].n_best)
 
     def finalize(self, predictions, dataset: win.EvalWindows):
@@ -216,50 +201,5 @@ def join_sets(a: qadata.QASet, b: qadata.QASet) -> qadata.QASet:
     return qadata.QASet(a.path, a.paragraphs + b.paragraphs, a.ids + b.ids,
                         np.concatenate([a.paragraph_ids, b.paragraph_ids + len(a.paragraphs)]),
                         a.questions + b.questions, a.answers + b.answers,
-                        np.concatenate([a.starts, b.starts]), np.concatenate([a.ends, b.ends]))
-
-
-def hf_load(loader, name: str):
-    """A pretrained model or tokenizer from a name or folder; one clear line when it is
-    neither cached nor reachable."""
-    try:
-        return loader(name)
-    except (OSError, ValueError) as exc:
-        where = "the folder" if Path(name).exists() else "the Hugging Face cache"
-        raise UserError(
-            f"model.name={name!r}: cannot load it from {where} ({str(exc).splitlines()[0]}); "
-            f"download it where there is network (huggingface-cli download {name}) and copy "
-            "~/.cache/huggingface here, pass a local folder, or set model.name = \"\" for the "
-            "small offline BERT (configs/hw7_cpu.toml)") from None
-
-
-def spans_command(argv: list[str]) -> int:
-    """`run.py hw7 spans --data DIR [--config FILE] [--set k=v ...]`: how many train and dev
-    answers lie wholly inside a window and come back exactly through tokenisation, offsets
-    and text cutting."""
-    import argparse
-
-    from common.config import load_config
-    from common.runlog import say
-
-    parser = argparse.ArgumentParser(
-        prog=argv[0], description="Count the train and dev answers that the window settings "
-        "(data.max_length, data.doc_stride, data.max_question_tokens) and the tokenizer can "
-        "represent exactly.")
-    parser.add_argument("--data", required=True, metavar="DIR", help="the folder of the files")
-    parser.add_argument("--config", metavar="FILE", help="default: configs/hw7.toml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value")
-    args = parser.parse_args(argv[1:])
-    path = Path(args.config) if args.config else Path(__file__).resolve().parents[2] / \
-        "configs" / "hw7.toml"
-    task = QATask(load_config(QATask.schema(), path, args.overrides))
-    data = task.load_train(Path(args.data))
-    rows = np.arange(len(data))
-    total = found = 0
-    for split, part in (("train", rows[:task.n_train]), ("dev", rows[task.n_train:])):
-        ok = int(task.labelled_dataset(data, part).recoverable.sum())
-        say(f"{split}: {ok}/{len(part)} answers recoverable ({100 * ok / max(len(part), 1):.2f}%)")
-        total, found = total + len(part), found + ok
-    say(f"spans: {found}/{total} recoverable ({100 * found / max(total, 1):.2f}%)")
-    return 0
+                        np.concatenate([a.starts, b.starts]), np.concatenate([a.ends, b.ends]),
+                        n_train=len(a))

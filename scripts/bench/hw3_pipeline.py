@@ -41,7 +41,8 @@ from common.data import build_loader  # noqa: E402
 from common.images import ImageDataset, image_files, load_images  # noqa: E402
 from common.runtime import set_cpu_threads  # noqa: E402
 from hw.hw3_food.data import demo_image, label_of  # noqa: E402
-from hw.hw3_food.task import FoodTask, course_cnn  # noqa: E402
+from hw.hw3_food.model import course_cnn  # noqa: E402
+from hw.hw3_food.task import FoodTask  # noqa: E402
 
 SIZE, BATCH = 128, 64
 REAL_SAMPLE = ROOT.parent / "shared" / "data" / "hw3" / "food_sample"
@@ -108,7 +109,7 @@ def images_per_second(ds, workers: int) -> float:
 
 def train_epoch(ds, workers: int, scale: float) -> float:
     torch.manual_seed(0)
-    model = course_cnn(SIZE, 11)
+    model = course_cnn(None, image_size=SIZE, num_classes=11)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-5)
     start = time.perf_counter()
     for x, y in loader(ds, workers):

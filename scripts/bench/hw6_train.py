@@ -100,7 +100,7 @@ def pipeline(files, cache_dir, workers):
 
 def course_epoch(files) -> float:
     """The course's loop, written plainly (the reference)."""
-    from hw.hw6_gan.models import DCGANDiscriminator, DCGANGenerator
+    from hw.hw6_gan.model import DCGANDiscriminator, DCGANGenerator
 
     torch.manual_seed(2022)
     g, d = DCGANGenerator(), DCGANDiscriminator()

@@ -14,12 +14,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import UserError
+from common.models import Registry
 
+# (G, D) pairs by model.arch: a function of (model config, image size)
+ARCHS = Registry("model.arch")
 NORMS = ("batch", "instance", "layer", "none")
 
 
-def _levels(size: int) -> int:
-    """Doublings from 4 x 4 to size x size."""
+def doublings(size: int) -> int:
+    """Doublings from 4 x 4 to size x size; a size the networks cannot build is one line."""
     levels = int(round(math.log2(size))) - 2
     if size < 8 or 2 ** (levels + 2) != size:
         raise UserError(f"data.image_size={size} must be a power of two from 8 up (64: the "
@@ -51,7 +54,7 @@ def dcgan_init(module: nn.Module) -> None:
 class DCGANGenerator(nn.Module):
     def __init__(self, *, z_dim: int = 100, width: int = 64, size: int = 64):
         super().__init__()
-        levels = _levels(size)                    # 4 at 64 x 64: three blocks and the output
+        levels = doublings(size)                  # 4 at 64 x 64: three blocks and the output
         top = width * 2 ** (levels - 1)           # 512 at 64 x 64
         self.top = top
         self.fc = nn.Sequential(nn.Linear(z_dim, top * 16, bias=False),
@@ -66,7 +69,8 @@ class DCGANGenerator(nn.Module):
         self.body = nn.Sequential(*blocks)
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+        """`truncation` is the style generator's; DCGAN's z has no average to pull toward."""
         return self.body(self.fc(z).view(len(z), self.top, 4, 4))
 
 
@@ -76,7 +80,7 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, *, width: int = 64, size: int = 64, norm: str = "batch"):
         super().__init__()
-        levels = _levels(size)
+        levels = doublings(size)
         layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2)]
         ch = width
         for _ in range(levels - 1):
@@ -160,7 +164,7 @@ class StyleGenerator(nn.Module):
                  width: int = 256, size: int = 64, max_channels: int = 256,
                  mapping_lr: float = 0.01):
         super().__init__()
-        levels = _levels(size)
+        levels = doublings(size)
         self.z_dim = z_dim
         layers: list[nn.Module] = []
         for k in range(mapping):
@@ -176,20 +180,21 @@ class StyleGenerator(nn.Module):
                            StyleLayer(channels[k + 1], channels[k + 1], w_dim)])
             for k in range(levels))
         self.rgbs = nn.ModuleList(ToRGB(c, w_dim) for c in channels)
-        self.truncation = 1.0
 
-    def map(self, z: torch.Tensor) -> torch.Tensor:
+    def map(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         z = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
         w = self.mapping(z)
         if self.training:  # the running mean of w, for truncation
             with torch.no_grad():
                 self.w_avg.lerp_(w.detach().float().mean(0), 0.005)
-        elif self.truncation != 1.0:
-            w = self.w_avg + self.truncation * (w - self.w_avg)
+        elif truncation != 1.0:
+            w = self.w_avg + truncation * (w - self.w_avg)
         return w
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        w = self.map(z)
+    def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+        """Images for z; at generation (eval mode) w pulled toward the average w by psi =
+        `truncation` (1: none)."""
+        w = self.map(z, truncation)
         x = self.first(self.const.expand(len(z), -1, -1, -1), w)
         rgb = self.rgbs[0](x, w)
         for (up, same), to_rgb in zip(self.blocks, self.rgbs[1:], strict=True):
@@ -220,7 +225,7 @@ class ResidualDiscriminator(nn.Module):
     def __init__(self, *, width: int = 64, size: int = 64, max_channels: int = 256,
                  group: int = 4):
         super().__init__()
-        levels = _levels(size)
+        levels = doublings(size)
         channels = [min(max_channels, width * 2 ** k) for k in range(levels + 1)]
         self.stem = nn.Conv2d(3, channels[0], 1)
         self.blocks = nn.Sequential(*(ResBlock(channels[k], channels[k + 1])
@@ -251,3 +256,16 @@ def weight_layers(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The weight of every convolution and linear layer, in order (for per-layer norms)."""
     return [(name, m.weight) for name, m in module.named_modules()
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear | EqualLinear)]
+
+
+@ARCHS.register("dcgan")
+def dcgan(cfg, size: int) -> tuple[nn.Module, nn.Module]:
+    return (DCGANGenerator(z_dim=cfg.z_dim, width=cfg.g_width, size=size),
+            DCGANDiscriminator(width=cfg.d_width, size=size, norm=cfg.d_norm))
+
+
+@ARCHS.register("style")
+def style(cfg, size: int) -> tuple[nn.Module, nn.Module]:
+    return (StyleGenerator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, mapping=cfg.mapping_layers,
+                           width=cfg.g_width, size=size, max_channels=cfg.max_channels),
+            ResidualDiscriminator(width=cfg.d_width, size=size, max_channels=cfg.max_channels))

@@ -1,0 +1,58 @@
+"""How a homework makes itself known to the command line: one `Homework` entry (its CLI name,
+title, task class and extra commands), declared as `HOMEWORK` in the package's `__init__.py`
+(or published by an installed package under the entry-point group "mlhw.homeworks"). The
+task class is imported only when that homework is used, so `list` and `--help` stay quick."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from importlib.metadata import entry_points
+from types import ModuleType
+
+ENTRY_POINT_GROUP = "mlhw.homeworks"
+
+
+class Homework:
+    """`task`: "module:Class". `commands`: the homework's own actions, name -> (help,
+    "module:function"), each called with its argv (argv[0] the program's name)."""
+
+    def __init__(self, name: str, title: str, task: str,
+                 commands: dict[str, tuple[str, str]] | None = None):
+        self.name, self.title, self.task, self.commands = name, title, task, commands or {}
+
+    def __call__(self) -> type:
+        """The task class."""
+        module, cls = self.task.split(":")
+        task_cls = getattr(importlib.import_module(module), cls)
+        if task_cls.name != self.name:
+            raise ValueError(f"{self.task}: its name is {task_cls.name!r}, its HOMEWORK entry "
+                             f"says {self.name!r}; make them agree")
+        return task_cls
+
+    def __repr__(self) -> str:
+        return f"Homework({self.name!r}, {self.task!r})"
+
+
+def _natural(name: str) -> list:
+    """hw2 before hw10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def discover(package: ModuleType) -> dict[str, Homework]:
+    """Every `HOMEWORK` declared by a subpackage of `package`, then every installed one of the
+    "mlhw.homeworks" entry points (a name already taken by a subpackage keeps the subpackage),
+    sorted by name (hw2 before hw10)."""
+    found: dict[str, Homework] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            entry = getattr(importlib.import_module(f"{package.__name__}.{info.name}"),
+                            "HOMEWORK", None)
+            if isinstance(entry, Homework):
+                found[entry.name] = entry
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        entry = point.load()
+        if isinstance(entry, Homework):
+            found.setdefault(entry.name, entry)
+    return {name: found[name] for name in sorted(found, key=_natural)}

@@ -1,0 +1,132 @@
+"""How homeworks become commands: discovered from packages under hw/ (or an installed
+package's entry point), never listed by hand; models and optimizers built by name from
+registries whose errors list the names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from common.errors import UserError
+from common.homework import Homework, discover
+from common.models import Registry
+from tests.conftest import ROOT
+from tests.toy import write_blobs
+
+
+def test_the_seven_homeworks_are_discovered_with_their_titles_and_commands():
+    from hw import TASKS
+
+    assert list(TASKS)[:7] == [f"hw{i}" for i in range(1, 8)]
+    for name, entry in TASKS.items():
+        assert entry.title and entry().name == name   # the class agrees with its entry
+    assert set(TASKS["hw6"].commands) == {"generate", "fid", "report"}
+
+
+def test_a_new_package_is_discovered_without_editing_a_list(tmp_path, monkeypatch):
+    pkg = tmp_path / "myhws"
+    for sub, body in (("", ""), ("hw9_extra", 'HOMEWORK = Homework("hw9", "HW9 extra", '
+                                              '"tests.toy:BlobsTask")'),
+                      ("hw10_more", 'HOMEWORK = Homework("hw10", "HW10", "x:Y")'),
+                      ("notes", "")):                     # a package without an entry
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text(
+            "from common.homework import Homework\n" + body + "\n" if body else "")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import myhws
+
+    found = discover(myhws)
+    assert list(found) == ["hw9", "hw10"]                 # natural order, notes skipped
+    with pytest.raises(ValueError, match="its name is 'blobs'"):
+        found["hw9"]()                                     # the class must agree
+
+
+def test_an_installed_package_declares_a_homework_by_entry_point(tmp_path):
+    """A package outside the repository, installed with an "mlhw.homeworks" entry point
+    (here: a dist-info folder on PYTHONPATH, as pip writes it), gets every command."""
+    (tmp_path / "extra_hw").mkdir()
+    (tmp_path / "extra_hw" / "__init__.py").write_text(textwrap.dedent('''
+        from common.homework import Homework
+        from tests.toy import BlobsTask
+
+        class ExtraTask(BlobsTask):
+            name = "extra"
+
+        HOMEWORK = Homework("extra", "an assignment kept elsewhere", "extra_hw:ExtraTask")
+    '''))
+    info = tmp_path / "extra_hw-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-hw\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mlhw.homeworks]\nextra = extra_hw:HOMEWORK\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and "extra  an assignment kept elsewhere" in listed.stdout
+    blobs = write_blobs(tmp_path / "blobs")
+    run = cli("extra", "train", "--data", str(blobs), "--dry-run", "--out", str(tmp_path / "r"),
+              "--set", 'trainer.device="cpu"')
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "r" / "submission.csv").is_file()
+
+
+def test_a_registry_builds_by_name_and_lists_the_names_it_knows():
+    archs = Registry("model.arch")
+
+    @archs.register("small", "tiny")
+    def small(width: int = 1):
+        return ("small", width)
+
+    assert archs.names() == ("small", "tiny")
+    assert archs.build("tiny", width=3) == ("small", 3)
+    with pytest.raises(UserError, match=r"model.arch='huge' is unknown; choose one of small, "
+                                        r"tiny"):
+        archs.build("huge")
+    with pytest.raises(ValueError, match="registered twice"):
+        archs.register("small")(small)
+
+
+def test_every_homework_model_arch_is_a_registered_name():
+    """--set model.arch=… is checked against the registry of each homework's model.py."""
+    from hw import TASKS
+    from hw.hw1_covid.model import ARCHS as HW1
+    from hw.hw4_speaker.model import ENCODERS, HEADS
+    from hw.hw5_translate.model import ARCHS as HW5
+    from hw.hw6_gan.model import ARCHS as HW6
+
+    fields = {name: TASKS[name]().model_config.__dataclass_fields__ for name in
+              ("hw1", "hw4", "hw5", "hw6")}
+    choices = {name: f["arch"].metadata["rules"]["choices"] for name, f in fields.items()}
+    assert choices == {"hw1": HW1.names(), "hw4": ENCODERS.names(), "hw5": HW5.names(),
+                       "hw6": HW6.names()}
+    assert fields["hw4"]["head"].metadata["rules"]["choices"] == HEADS.names()
+
+
+def test_homework_entry_reports_its_task():
+    entry = Homework("blobs", "three blobs", "tests.toy:BlobsTask")
+    assert entry().__name__ == "BlobsTask" and "tests.toy:BlobsTask" in repr(entry)
+
+
+def test_runs_take_a_metrics_direction_from_the_run_and_its_task():
+    """The monitored metric follows the run's trainer.mode; another follows what its task
+    declares, not a guess from the name ('accent_loss' holds 'acc', 'mem' holds 'em')."""
+    from common.runs import metric_mode
+    from hw import TASKS
+
+    hw1, hw3, hw5 = (TASKS[n]() for n in ("hw1", "hw3", "hw5"))
+    plain = {"trainer.monitor": "valid_loss", "trainer.mode": "min"}
+    assert metric_mode(hw3, plain, "valid_loss") == "min"
+    assert metric_mode(hw3, plain, "valid_acc") == "max"          # declared by the task
+    assert metric_mode(hw5, plain, "valid_bleu") == "max"
+    assert metric_mode(hw1, plain, "valid_accent_loss") == "min"
+    assert metric_mode(hw1, plain, "valid_mem") == "min"
+    assert metric_mode(hw1, {"trainer.monitor": "valid_mem", "trainer.mode": "max"},
+                       "valid_mem") == "max"                       # the run's own mode
