@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from common.errors import UserError
-from common.io import atomic_write
+from common.io import atomic_write, surfacing_write_errors
 from common.rundir import RunDir
 
 FORMAT = "mlhw-checkpoint"
@@ -25,8 +25,15 @@ log = logging.getLogger("mlhw")
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write to a temporary file, fsync, then rename: a kill never leaves a half file."""
     payload = {"format": FORMAT, "version": VERSION, **state}
-    with atomic_write(path, "wb") as fh:
-        torch.save(payload, fh)
+    save_torch_file(path, payload)
+
+
+def save_torch_file(path: str | Path, obj: Any) -> None:
+    """torch.save written atomically; a full disk or a file-size limit is the OSError it is
+    (torch reports it as a RuntimeError about the zip writer's position), the temporary file
+    removed and nothing replaced."""
+    with surfacing_write_errors(path), atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_torch_file(path: str | Path, *, missing: str, unreadable: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import distributed
-from common.config import Config, load_config, toml_value
+from common.config import Config, check_value, load_config, toml_value
 from common.errors import UserError
 from common.finished import average_run, ensemble_run, load_run_config, predict_run
 from common.fusion import FUSABLE
@@ -24,12 +24,12 @@ from common.pipeline import dry_run_config, train_run
 from common.rundir import RunDir
 from common.runlog import say
 from common.task import Task
-from common.tune import Study, format_table, parse_space, tune
+from common.tune import Study, check_storage, format_table, parse_space, tune
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
-                errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 TaskRegistry = dict[str, Callable[[], type[Task]]]
 
 
@@ -42,6 +42,27 @@ def run_parser(prog: str, description: str, what: str = "a finished run"
                         help="weights (default: what the run predicted with)")
     parser.add_argument("--out", metavar="DIR", help="where to write (default: the run)")
     return parser
+
+
+def check_options(args, rules: dict[str, dict]) -> None:
+    """Range-check numeric command-line options with the config's rules and wording (min,
+    max, below, above; a list option checks each item), e.g. "--tta -1: -1 must be at least
+    0"."""
+    for name, rule in rules.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            check_value(value, rule, f"--{name.replace('_', '-')} {shown}")
+
+
+OPTION_RULES = {  # per action of the shared command line
+    "kfold": {"folds": {"min": 2}},
+    "predict": {"tta": {"min": 0}},
+    "ensemble": {"weights": {"min": 0.0}},
+    "average": {"last": {"min": 1}, "best": {"min": 1}},
+    "tune": {"trials": {"min": 1}, "timeout": {"min": 0.0}, "workers": {"min": 1},
+             "folds": {"min": 0}, "ensemble_top": {"min": 0}},
+}
 
 
 def _add_train_parser(sub, task_name: str, action: str, help: str, description: str):
@@ -248,6 +269,8 @@ def _train(task_cls: type[Task], args) -> int:
         say("out-of-fold " + " ".join(f"{k} {v:.5g}" for k, v in result["oof"].items()))
     elif result["best"] is not None:
         say(f"best {config['trainer'].monitor}: {result['best']:.5g}")
+    if result["submission"] is None:
+        return 0
     say(f"submission: {result['submission']}")
     if distributed.is_main():
         handoff(task_cls, result["submission"], Path(run_dir).name)
@@ -280,6 +303,8 @@ def _tune(task_cls: type[Task], args) -> int:
             raise UserError(f"{folder}: already holds a study; continue it with --resume "
                             f"{folder} or choose another --out")
         RunDir(folder).check_writable()
+        if args.storage:
+            check_storage(args.storage)
         folder.mkdir(parents=True, exist_ok=True)
         study = Study(task=task_cls.name, config=str(config_path), overrides=overrides,
                       folder=str(folder.resolve()),
@@ -293,7 +318,7 @@ def _tune(task_cls: type[Task], args) -> int:
         study.save()
     say(f"study: {study.folder} ({study.storage}, {study.trials} trials, {study.sampler}, "
         f"pruner {study.pruner})")
-    result = tune(task_cls, study, resume=bool(args.resume), workers=max(1, args.workers),
+    result = tune(task_cls, study, resume=bool(args.resume), workers=args.workers,
                   task_path=f"{task_cls.__module__}:{task_cls.__name__}",
                   ensemble_top=args.ensemble_top)
     print(format_table(result["table"]))
@@ -364,6 +389,10 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
             return run_table.compare_command(tasks, args.runs, metric=args.metric,
                                              out=args.out)
         task_cls = tasks[args.task]()
+        check_options(args, OPTION_RULES.get(args.action, {}))
+        if args.action == "tune" and args.folds == 1:
+            raise UserError("--folds 1: 1 fold trains on nothing held out; use 0 (the "
+                            "monitored metric) or at least 2")
         if args.action == "tune":
             return _tune(task_cls, args)
         if args.action == "download":
@@ -398,11 +427,7 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
             say(f"demo data: {demo_dir(task_cls, args.dest)}")
             return 0
     except OSError as exc:  # outside a training run: nothing to resume
-        if exc.errno not in WRITE_ERRORS:
-            raise
-        exc = UserError(f"{exc.filename or 'output'}: cannot write ({exc.strerror or exc}); "
-                        "free space or choose a writable folder and try again")
-        return _report(exc)
+        return _report(write_error(exc))
     except UserError as exc:
         return _report(exc)
     except KeyboardInterrupt:
@@ -417,8 +442,22 @@ def _command(tasks: TaskRegistry, argv: list[str]) -> int:
     run = getattr(importlib.import_module(module), function)
     try:
         return run([f"{command_name()} {argv[0]} {argv[1]}", *argv[2:]])
+    except OSError as exc:  # the same failure path as the shared commands
+        return _report(write_error(exc))
     except UserError as exc:
         return _report(exc)
+    except KeyboardInterrupt:
+        print("interrupted; nothing was replaced", file=sys.stderr)
+        return 130
+
+
+def write_error(exc: OSError) -> UserError:
+    """A failed write that the user's disk or folders caused (full, too large, no permission,
+    read-only, a file in the way) as one line; anything else is a bug and raised as it is."""
+    if exc.errno not in WRITE_ERRORS:
+        raise exc
+    return UserError(f"{exc.filename or 'output'}: cannot write ({exc.strerror or exc}); "
+                     "free space or choose a writable folder and try again")
 
 
 def _report(exc: UserError) -> int:

@@ -46,9 +46,11 @@ def check_value(value: Any, rules: dict[str, Any], where: str) -> None:
             raise UserError(f"{where}: {item!r} must be at most {rules['max']}")
         if "below" in rules and not item < rules["below"]:
             raise UserError(f"{where}: {item!r} must be less than {rules['below']}")
+        if "above" in rules and not item > rules["above"]:
+            raise UserError(f"{where}: {item!r} must be greater than {rules['above']}")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -116,7 +118,7 @@ def build_config(schema: dict[str, type], raw: dict[str, Any], source: str = "co
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table of keys")
-        types_ = _field_types(cls)
+        types_ = field_types(cls)
         bad = sorted(set(values) - set(types_))
         if bad:
             raise UserError(

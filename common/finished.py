@@ -64,7 +64,11 @@ def predict_run(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None =
     (into out_dir, default the run directory)."""
     task, model, ckpt_path = load_run_model(task_cls, run_dir, ckpt=ckpt, data_dir=data_dir,
                                             tta=tta)
-    test_data = task.load_test(data_dir_of(task))
+    data_dir = data_dir_of(task)
+    test_data = task.load_test(data_dir)
+    if task.num_test(test_data) == 0:
+        raise UserError(f"{data_dir}: no test items; nothing to predict (pass --data with a "
+                        "test set)")
     trainer = make_trainer(task, model, None)
     say(f"predicting with {ckpt_path}")
     return predict_and_write(task, trainer, test_data, out_dir or Path(run_dir))

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from common.batches import to_cpu
-from common.checkpoint import load_torch_file
+from common.checkpoint import load_torch_file, save_torch_file
 from common.errors import UserError
-from common.io import atomic_write
 
 CLASS_METHODS = ("mean-prob", "mean-logit", "vote")
 FUSABLE = ("values", "logits", "spans")
@@ -115,8 +114,8 @@ def fuse(outputs: Sequence, *, kind: str, method: str | None = None,
 # --------------------------------------------------------------------------- saved outputs
 def save_outputs(path: Path, outputs: Any, *, task: str, kind: str,
                  info: dict[str, Any] | None = None) -> Path:
-    with atomic_write(path, "wb") as fh:
-        torch.save({"task": task, "kind": kind, "outputs": to_cpu(outputs), **(info or {})}, fh)
+    save_torch_file(path, {"task": task, "kind": kind, "outputs": to_cpu(outputs),
+                           **(info or {})})
     return path
 
 

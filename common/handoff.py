@@ -51,16 +51,39 @@ def download(task_cls, dest: Path) -> Path:
     if not kaggle_configured():
         raise UserError(f"the kaggle CLI is installed but not configured: {TOKEN_HINT}")
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    say(f"running: kaggle competitions download -c {slug} -p {dest}")
-    done = subprocess.run([exe, "competitions", "download", "-c", slug, "-p", str(dest)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-        raise UserError(f"kaggle competitions download -c {slug} failed: {last[-1]} (join the "
-                        "competition on its Kaggle page first)")
-    for archive in sorted(dest.glob("*.zip")):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest)
-        say(f"extracted {archive.name}")
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: exists and is not a folder; choose another --dest")
+    taken = {p.name for p in dest.iterdir()} if dest.is_dir() else set()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # everything lands in a folder beside dest first: dest appears (or grows) only on success
+    tmp = dest.with_name(f".{dest.name}-download-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        say(f"running: kaggle competitions download -c {slug} -p {dest}")
+        done = subprocess.run([exe, "competitions", "download", "-c", slug, "-p", str(tmp)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise UserError(f"kaggle competitions download -c {slug} failed: {last[-1]} (join "
+                            "the competition on its Kaggle page first)")
+        for archive in sorted(tmp.glob("*.zip")):
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+            except (zipfile.BadZipFile, EOFError) as exc:
+                raise UserError(f"{archive.name}: a damaged zip from the kaggle CLI ({exc}); "
+                                "run download again") from None
+            say(f"extracted {archive.name}")
+        clash = sorted(taken & {p.name for p in tmp.iterdir()})
+        if clash:
+            raise UserError(f"{dest}: already holds {', '.join(clash[:3])}; choose another "
+                            "--dest (nothing was replaced)")
+        if not dest.exists():
+            tmp.rename(dest)
+        else:
+            for item in sorted(tmp.iterdir()):
+                item.rename(dest / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest

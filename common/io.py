@@ -31,6 +31,32 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind an exception, if any: torch's zip writer turns a failed write (a full
+    disk, a file-size limit) into a RuntimeError ("unexpected pos ...") raised while the
+    OSError is being handled."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def surfacing_write_errors(path: str | Path) -> Iterator[None]:
+    """Inside the block, a write error that a library wrapped in another exception comes out
+    as the OSError it was (errno kept), naming `path` (as does one that named no file)."""
+    try:
+        yield
+    except Exception as exc:
+        cause = os_error_of(exc)
+        if cause is None or cause.errno is None or (exc is cause and cause.filename):
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+
+
 def write_csv_atomic(path: str | Path, header: Sequence[str],
                      rows: Iterable[Sequence]) -> None:
     """A CSV file with a header, written atomically; rows are streamed, not collected."""

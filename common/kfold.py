@@ -19,12 +19,12 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 
 from common import distributed
 from common.batches import concat, take
-from common.checkpoint import load_torch_file
+from common.checkpoint import load_torch_file, save_torch_file
 from common.config import Config, save_config
 from common.errors import UserError
 from common.finished import ensemble_run, fuse_and_write, load_run_config, predict_run
 from common.fusion import FUSABLE
-from common.io import atomic_write, write_csv_atomic
+from common.io import write_csv_atomic
 from common.pipeline import (
     check_run_config,
     data_dir_of,
@@ -111,8 +111,7 @@ def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: P
     result = {"index": torch.from_numpy(held_out), "outputs": outputs, "targets": targets,
               "metrics": metrics}
     if distributed.is_main():
-        with atomic_write(fold.oof, "wb") as fh:
-            torch.save(result, fh)
+        save_torch_file(fold.oof, result)
     return result
 
 
@@ -138,6 +137,9 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     data_dir = data_dir_of(task)
     train_data = task.load_train(data_dir)
     test_data = task.load_test(data_dir)
+    if task.num_test(test_data) == 0:
+        raise UserError(f"{data_dir}: no test items; k-fold fuses the folds' test predictions, "
+                        "so use train")
     n = task.num_train(train_data)
     folds = make_folds(n, kcfg.folds, seed=kcfg.seed, split=kcfg.split,
                        labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
@@ -180,8 +182,8 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         report(f"out-of-fold over all {n} items: {shown}")
         submission = run_dir / task.submission_name
         if distributed.is_main():  # the rest only writes files
-            with atomic_write(run.oof, "wb") as fh:
-                torch.save({"outputs": oof_out, "targets": oof_target, "metrics": overall}, fh)
+            save_torch_file(run.oof, {"outputs": oof_out, "targets": oof_target,
+                                      "metrics": overall})
             names = list(overall)
             rows = [[k, len(tr), len(va), *(r["metrics"][m] for m in names)]
                     for k, ((tr, va), r) in enumerate(zip(folds, results, strict=True), 1)]

@@ -194,7 +194,11 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
             save_config(config, RunDir(run_dir).config)
         trainer = fit_split(task, train_data, *split, run_dir=run_dir, resume=resume,
                             callbacks=callbacks, datasets=datasets)
-        submission = predict_and_write(task, trainer, test_data, run_dir)
-        log.info("submission written to %s", submission)
+        if task.num_test(test_data) == 0:
+            submission = None
+            say(f"{data_dir}: no test items; trained, no submission written")
+        else:
+            submission = predict_and_write(task, trainer, test_data, run_dir)
+            log.info("submission written to %s", submission)
     return {"run_dir": run_dir, "submission": submission, "best": trainer.state.best,
             "trainer": trainer}

@@ -53,6 +53,14 @@ class RunDir:
             raise UserError(f"{path}: cannot write in {ancestor} ({exc.strerror}); choose "
                             f"another {flag}") from None
 
+    @staticmethod
+    def check_writable_file(path: str | Path, flag: str = "--out") -> None:
+        """The same check for a single output file: not a folder, its folder writable."""
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; {flag} names the file to write")
+        RunDir(path.parent).check_writable(flag)
+
     # files of every run
     config = property(lambda self: self.path / "config.toml")
     metrics = property(lambda self: self.path / "metrics.csv")

@@ -173,6 +173,7 @@ def _hw_of(tasks, run: RunDir) -> str:
 def compare_command(tasks, run_dirs: list[str], *, metric: str | None = None,
                     out: str | None = None) -> int:
     runs = [RunDir(r) for r in run_dirs]
+    RunDir.check_writable_file(out or "compare.png")
     for run in runs:
         if not run.config.is_file():
             raise UserError(f"{run.config}: not found; pass run directories")

@@ -70,6 +70,12 @@ class Task(Objective):
     def num_train(self, train_data: Any) -> int:
         return len(train_data)
 
+    def num_test(self, test_data: Any) -> int | None:
+        """Test items, where a data set may have none (HW4 audio featurized without a test/
+        folder): 0 means train writes no submission and predict refuses; None (the default):
+        the loader already insists on test items."""
+        return None
+
     def split(self, train_data: Any) -> tuple[np.ndarray, np.ndarray]:
         data = self.config["data"]
         return split_train_valid(self.num_train(train_data), data.valid_ratio, data.split_seed)

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.config import Config, load_config, parse_override, toml_value
+from common.config import (
+    Config,
+    build_config,
+    field_types,
+    load_config,
+    parse_override,
+    toml_value,
+)
 from common.errors import UserError
 from common.finished import ensemble_run
 from common.io import write_csv_atomic, write_text_atomic
@@ -47,10 +54,23 @@ def _optuna():
     return optuna
 
 
+def check_storage(url: str) -> None:
+    """Open a storage URL once, before a study folder exists: a bad one is one line."""
+    optuna = _optuna()
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as exc:  # SQLAlchemy's and the drivers' own errors, of many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"--storage {url}: cannot open it ({reason}); give a database URL "
+                        "such as sqlite:///study.db or postgresql://user:pass@host/db") from None
+
+
 # --------------------------------------------------------------------------- the space
 def parse_space(space: dict[str, Any], schema: dict[str, type]) -> dict[str, dict[str, Any]]:
-    """`[tune.space]`: "section.key" = { low, high[, log, step] } (floats, or ints when both
-    bounds are integers) or { choices = [any TOML values] }. Checked against the schema."""
+    """`[tune.space]`: "section.key" = { low, high[, log, step] } (ints for an integer key,
+    floats for a float key) or { choices = [any TOML values] }. Checked against the schema
+    before any study exists: the key, the type of the bounds, and every bound and choice with
+    the same rules a --set of that value meets."""
     parsed = {}
     for key, spec in space.items():
         where = f"tune.space.{key}"
@@ -59,35 +79,56 @@ def parse_space(space: dict[str, Any], schema: dict[str, type]) -> dict[str, dic
                             "(e.g. \"optim.lr\")")
         if not isinstance(spec, dict):
             raise UserError(f"{where}: expected {{ low = .., high = .. }} or {{ choices = [..] }}")
+        unknown = set(spec) - {"choices", "low", "high", "log", "step", "float"}
+        if unknown:
+            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        section, name = key.split(".")
+        types_ = field_types(schema[section])
+        if name not in types_:
+            raise UserError(f"{where}: {key} is not a config key; valid keys in [{section}]: "
+                            f"{', '.join(types_)}")
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise UserError(f"{where}: choices must be a non-empty list")
+            for choice in spec["choices"]:
+                _check_setting(schema, key, choice)
             parsed[key] = {"choices": spec["choices"]}
         elif "low" in spec and "high" in spec:
             low, high = spec["low"], spec["high"]
             if not all(isinstance(v, int | float) and not isinstance(v, bool)
                        for v in (low, high)) or not low < high:
                 raise UserError(f"{where}: low and high must be numbers with low < high")
+            kind = {int: "int", float: "float"}.get(types_[name])
+            if kind is None:
+                raise UserError(f"{where}: {key} is not a number; give it {{ choices = [..] }}")
+            if kind == "int" and not all(isinstance(v, int) for v in (low, high)):
+                raise UserError(f"{where}: {key} is an integer; give integer low and high "
+                                f"(not {low!r}, {high!r})")
+            step = spec.get("step")
+            if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)
+                                     or step <= 0 or (kind == "int" and
+                                                      not isinstance(step, int))):
+                raise UserError(f"{where}: step must be a positive {kind}")
             log = bool(spec.get("log", False))
             if log and low <= 0:
                 raise UserError(f"{where}: a log range needs low > 0")
-            kind = "int" if isinstance(low, int) and isinstance(high, int) and not \
-                spec.get("float", False) else "float"
-            parsed[key] = {"kind": kind, "low": low, "high": high, "log": log,
-                           "step": spec.get("step")}
+            if log and step is not None:
+                raise UserError(f"{where}: a log range takes no step")
+            for bound in (low, high):
+                _check_setting(schema, key, bound)
+            parsed[key] = {"kind": kind, "low": low, "high": high, "log": log, "step": step}
         else:
             raise UserError(f"{where}: expected {{ low = .., high = .. }} or {{ choices = [..] }}")
-        unknown = set(spec) - {"choices", "low", "high", "log", "step", "float"}
-        if unknown:
-            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        section, name = key.split(".")
-        if name not in {f for f in schema[section].__dataclass_fields__}:
-            raise UserError(f"{where}: {key} is not a config key; valid keys in [{section}]: "
-                            f"{', '.join(schema[section].__dataclass_fields__)}")
     if not parsed:
         raise UserError("tune: the recipe has no [tune.space]; add e.g. "
                         "\"optim.lr\" = { low = 1e-4, high = 1e-2, log = true }")
     return parsed
+
+
+def _check_setting(schema: dict[str, type], key: str, value: Any) -> None:
+    """Refuse, in one line naming the space's key, a value a --set of `key` would refuse."""
+    section, name = key.split(".")
+    build_config(schema, {section: {name: value}}, origins={key: f"tune.space.{key}"})
 
 
 def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ exactly the files it may leave (none, unless training had started). Runs in-proc
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from common import io as common_io
 from common.checkpoint import load_checkpoint
 from hw.cli import main
+from tests.conftest import ROOT
 
 
 @pytest.fixture()
@@ -146,6 +149,61 @@ CASES = [
      ["hw1", "ensemble", "run", "run", "--weights", "1", "--out", "fused"], ["one per member"]),
     ("average more than kept", no_setup, ["hw1", "average", "run", "--last", "3"],
      ["0 kept checkpoints, fewer than --last 3; train with --set trainer.keep_checkpoints=3"]),
+    # --- numeric options of every command: the config's rules and wording
+    ("negative tta views", no_setup, ["hw1", "predict", "--run", "run", "--tta", "-1"],
+     ["--tta -1: -1 must be at least 0"]),
+    ("one fold", no_setup, ["hw1", "kfold", "--data", "data", "--folds", "1", "--out", "k"],
+     ["--folds 1: 1 must be at least 2"]),
+    ("a negative ensemble weight", no_setup,
+     ["hw1", "ensemble", "run", "run", "--weights", "-1", "1", "--out", "fused"],
+     ["--weights -1.0 1.0: -1.0 must be at least 0.0"]),
+    ("average of zero", no_setup, ["hw1", "average", "run", "--best", "0"],
+     ["--best 0: 0 must be at least 1"]),
+    ("zero sampling temperature", no_setup,
+     ["hw5", "backtranslate", "--run", "run", "--sample", "--temperature", "0"],
+     ["--temperature 0.0: 0.0 must be greater than 0.0"]),
+    ("negative top-k", no_setup, ["hw5", "backtranslate", "--run", "run", "--topk", "-5"],
+     ["--topk -5: -5 must be at least 0"]),
+    ("negative limit", no_setup, ["hw5", "backtranslate", "--run", "run", "--limit", "-3"],
+     ["--limit -3: -3 must be at least 0"]),
+    ("no images to generate", no_setup, ["hw6", "generate", "--run", "run", "--count", "0"],
+     ["--count 0: 0 must be at least 1"]),
+    ("truncation above one", no_setup,
+     ["hw6", "generate", "--run", "run", "--truncation", "1.5"],
+     ["--truncation 1.5: 1.5 must be at most 1.0"]),
+    # --- homework commands: output paths checked before any work
+    ("report into a file", lambda ws: (ws / "taken").write_text("x"),
+     ["hw5", "report", "--run", "run", "--out", "taken"],
+     ["taken: exists and is not a folder; choose another --out"]),
+    ("figure onto a folder", no_setup, ["hw6", "report", "--run", "run", "--out", "data"],
+     ["data: is a folder; --out names the file to write"]),
+    ("compare onto a folder", no_setup, ["compare", "run", "run", "--out", "data"],
+     ["data: is a folder; --out names the file to write"]),
+    # --- tune: the whole study checked before it exists
+    ("zero trials", no_setup, ["hw1", "tune", "--data", "data", "--trials", "0", "--out", "s"],
+     ["--trials 0: 0 must be at least 1"]),
+    ("negative trials", no_setup,
+     ["hw1", "tune", "--data", "data", "--trials", "-1", "--out", "s"],
+     ["--trials -1: -1 must be at least 1"]),
+    ("zero workers", no_setup, ["hw1", "tune", "--data", "data", "--workers", "0", "--out", "s"],
+     ["--workers 0: 0 must be at least 1"]),
+    ("tune over one fold", no_setup,
+     ["hw1", "tune", "--data", "data", "--folds", "1", "--out", "s"], ["--folds 1:"]),
+    ("a storage that is no database", no_setup,
+     ["hw1", "tune", "--data", "data", "--storage", "notadb://x", "--out", "s"],
+     ["--storage notadb://x: cannot open it"]),
+    ("float bounds for an integer key", lambda ws: (ws / "c.toml").write_text(
+        '[tune.space]\n"trainer.epochs" = { low = 1.5, high = 3 }\n'),
+     ["hw1", "tune", "--data", "data", "--config", "c.toml", "--out", "s"],
+     ["tune.space.trainer.epochs: trainer.epochs is an integer; give integer low and high"]),
+    ("a choice a --set would refuse", lambda ws: (ws / "c.toml").write_text(
+        '[tune.space]\n"optim.name" = { choices = ["adam", "lion"] }\n'),
+     ["hw1", "tune", "--data", "data", "--config", "c.toml", "--out", "s"],
+     ["tune.space.optim.name: 'lion' is not a choice; use one of sgd, adam"]),
+    ("a bound outside the key's range", lambda ws: (ws / "c.toml").write_text(
+        '[tune.space]\n"data.valid_ratio" = { low = 0.1, high = 1.5 }\n'),
+     ["hw1", "tune", "--data", "data", "--config", "c.toml", "--out", "s"],
+     ["tune.space.data.valid_ratio: 1.5 must be less than 1.0"]),
 ]
 
 
@@ -242,3 +300,216 @@ def test_relative_data_is_stored_absolute_and_predict_works_elsewhere(ws, monkey
     out = capsys.readouterr().out
     assert f"predicting with {ws / 'run' / 'checkpoints' / 'last.pt'}" in out  # hw1: last
     assert (ws / "run" / "config.toml").read_text().count(f'dir = "{ws / "data"}"') == 1
+
+
+# --------------------------------------------------------------------------- a real full disk
+def limited(limit: int):
+    """preexec_fn: the child may write no file larger than `limit` bytes. Python ignores
+    SIGXFSZ, so a write past it fails with EFBIG, exactly as a full disk fails a write."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def cli_child(*args: str, cwd: Path, limit: int | None = None):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=limited(limit) if limit else None)
+
+
+def test_a_real_file_size_limit_during_a_checkpoint_is_one_line_and_resumes_exactly(ws):
+    """The checkpoint grows by its history every epoch; with the limit one byte under the
+    final size, torch's zip writer fails at epoch 6 with EFBIG (reported by torch as a
+    RuntimeError). The run stops with one line naming last.pt and the --resume command,
+    keeps epoch 5's last.pt whole and no temporary file; resumed without the limit it ends
+    bit-identical to a run that never stopped."""
+    sets = ["--set", "trainer.epochs=6", "--set", "trainer.save_every_epochs=1",
+            "--set", "model.hidden=[64]", "--set", 'trainer.device="cpu"']
+    whole = cli_child("hw1", "train", "--data", "data", "--out", "whole", *sets, cwd=ws)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    size = (ws / "whole" / "checkpoints" / "last.pt").stat().st_size
+    cut = cli_child("hw1", "train", "--data", "data", "--out", "cut", *sets, cwd=ws,
+                    limit=size - 1)
+    err = cut.stderr.strip().splitlines()
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr, cut.stderr[-2000:]
+    assert err[-1].startswith("error: cut/checkpoints/last.pt: cannot write (File too large)")
+    assert "the last good checkpoint is kept" in err[-1] and "--resume cut" in err[-1]
+    assert load_checkpoint(ws / "cut" / "checkpoints" / "last.pt")["trainer"]["epoch"] == 5
+    assert not [p for p in (ws / "cut").rglob("*") if ".tmp" in p.name]
+    assert not (ws / "cut" / "pred.csv").exists()
+    resumed = cli_child("hw1", "train", "--resume", "cut", cwd=ws)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (ws / "cut" / "pred.csv").read_bytes() == (ws / "whole" / "pred.csv").read_bytes()
+    a = load_checkpoint(ws / "cut" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(ws / "whole" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_wrapped_write_error_is_the_oserror_it_was(tmp_path):
+    """save_torch_file under a real limit, in a child: the caller sees OSError(EFBIG) naming
+    the file, not torch's RuntimeError; no partial or temporary file is left."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import ROOT
+
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from common.checkpoint import save_torch_file
+        try:
+            save_torch_file({str(tmp_path / 'big.pt')!r}, torch.zeros(100_000))
+        except OSError as exc:
+            print(type(exc).__name__, exc.errno, exc.filename)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          preexec_fn=limited(50_000), timeout=120)
+    assert done.stdout.split() == ["OSError", str(errno.EFBIG), str(tmp_path / "big.pt")], \
+        done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- hw4 featurize
+def write_voices(root: Path, *, speakers=("alice", "bob"), seconds=(1.0, 2.0), test=True,
+                 extra: dict[str, int] | None = None) -> Path:
+    """WAV files <speaker>/<k>.wav (a tone each), test/x.wav, and `extra` files
+    (relative path -> samples) for the broken cases."""
+    import numpy as np
+    import soundfile
+
+    for spk in speakers:
+        (root / spk).mkdir(parents=True, exist_ok=True)
+        for k, sec in enumerate(seconds):
+            t = np.arange(int(16000 * sec)) / 16000
+            soundfile.write(root / spk / f"{k}.wav",
+                            (0.3 * np.sin(2 * np.pi * (200 + 50 * k) * t)).astype(np.float32),
+                            16000)
+    if test:
+        (root / "test").mkdir(exist_ok=True)
+        soundfile.write(root / "test" / "x.wav", np.zeros(8000, np.float32) + 0.1, 16000)
+    for rel, n in (extra or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(root / rel, np.full(n, 0.1, np.float32), 16000)
+    return root
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("short", "1.wav: 50 samples, shorter than one analysis window (400 samples"),
+    ("empty", "0.wav: 0 samples, shorter than one analysis window"),
+    ("unreadable", "bad.wav: unreadable audio"),
+    ("no_audio", "the speaker folders hold no .wav or .flac files"),
+    ("out_is_file", "exists and is not a folder; choose another --out"),
+    ("out_under_file", "is a file, not a folder; choose another --out"),
+    ("out_has_files", "already holds files; choose a new --out folder"),
+])
+def test_featurize_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, case, expected):
+    audio = tmp_path / "audio"
+    if case == "no_audio":
+        (audio / "alice").mkdir(parents=True)
+        (audio / "alice" / "notes.txt").write_text("no audio here")
+    else:
+        write_voices(audio, extra={"short": {"carol/1.wav": 50}, "empty": {"dave/0.wav": 0}}
+                     .get(case))
+    if case == "unreadable":
+        (audio / "bob" / "bad.wav").write_bytes(b"RIFF....not a wave file")
+    out = tmp_path / "Dataset"
+    if case == "out_is_file":
+        out.write_text("mine")
+    elif case == "out_under_file":
+        (tmp_path / "file").write_text("mine")
+        out = tmp_path / "file" / "Dataset"
+    elif case == "out_has_files":
+        out.mkdir()
+        (out / "metadata.json").write_text("{}")
+    before = files(tmp_path)
+    code = main(["hw4", "featurize", "--audio", str(audio), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert files(tmp_path) == before                      # no dataset, no temporary folder
+
+
+def test_featurize_without_test_audio_trains_and_maps_files_back(tmp_path, capsys):
+    """test/ is optional: the dataset trains (no submission, said so) and predict says there
+    is nothing to predict; sources.csv maps every uttr-*.pt to its audio file and speaker."""
+    import pandas as pd
+
+    audio = write_voices(tmp_path / "audio", speakers=("alice", "bob", "carol"),
+                         seconds=(1.0, 1.5, 2.0, 2.5), test=False)
+    out = tmp_path / "Dataset"
+    assert main(["hw4", "featurize", "--audio", str(audio), "--out", str(out)]) == 0
+    sources = pd.read_csv(out / "sources.csv")
+    assert list(sources.columns) == ["feature_path", "source", "speaker"] and len(sources) == 12
+    meta = json.loads((out / "metadata.json").read_text())
+    for spk, recs in meta["speakers"].items():
+        got = sources[sources["speaker"] == spk]
+        assert list(got["feature_path"]) == [r["feature_path"] for r in recs]
+        assert list(got["source"]) == [str(audio / spk / f"{k}.wav") for k in range(4)]
+    assert json.loads((out / "testdata.json").read_text())["utterances"] == []
+    capsys.readouterr()
+    sets = ["--set", "trainer.epochs=1", "--set", 'data.cache_dir=""', "--set",
+            "data.valid_ratio=0.25", "--set", 'trainer.device="cpu"']
+    assert main(["hw4", "train", "--data", str(out), "--config", str(ROOT / "configs" /
+                                                                      "hw4_cpu.toml"),
+                 "--out", str(tmp_path / "run"), *sets]) == 0
+    said = capsys.readouterr()
+    assert "no test items; trained, no submission written" in said.out + said.err
+    assert not (tmp_path / "run" / "output.csv").exists()
+    code = main(["hw4", "predict", "--run", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no test items; nothing to predict" in err[0]
+
+
+def test_featurize_under_a_real_file_size_limit_leaves_nothing(tmp_path):
+    """A feature file over the limit (a long recording) fails with EFBIG in the child: one
+    line naming the file, no dataset and no temporary folder beside it."""
+    audio = write_voices(tmp_path / "audio", seconds=(1.0, 30.0))   # 30 s: ~480 kB of mels
+    done = cli_child("hw4", "featurize", "--audio", str(audio), "--out",
+                     str(tmp_path / "Dataset"), cwd=tmp_path, limit=200_000)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "Traceback" not in done.stderr, err
+    assert "cannot write (File too large)" in err[0] and ".pt" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]
+
+
+# --------------------------------------------------------------------------- download
+@pytest.mark.parametrize("behaviour, expected", [
+    ("forbidden", "failed: 403 - Forbidden (join the competition"),
+    ("damaged", "hw1.zip: a damaged zip from the kaggle CLI"),
+    ("good", None),
+])
+def test_download_makes_its_destination_only_on_success(tmp_path, monkeypatch, capsys,
+                                                        behaviour, expected):
+    """A stand-in kaggle CLI on PATH: a 403, a damaged zip, or a good zip. The destination
+    appears only when everything was extracted; nothing is left beside it otherwise."""
+    import zipfile
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("covid.train.csv", "id,x\n0,1\n")
+    script = {"forbidden": "echo '403 - Forbidden' >&2; exit 1",
+              "damaged": 'printf "PK not a zip" > "$6/hw1.zip"',
+              "good": f'cp {good} "$6/hw1.zip"'}[behaviour]
+    (bin_dir / "kaggle").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "kaggle").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    work = tmp_path / "work"
+    work.mkdir()
+    capsys.readouterr()
+    code = main(["hw1", "download", "--dest", str(work / "data" / "hw1")])
+    err = capsys.readouterr().err.strip().splitlines()
+    if expected is None:
+        assert code == 0 and (work / "data" / "hw1" / "covid.train.csv").is_file()
+        assert sorted(p.name for p in (work / "data").iterdir()) == ["hw1"]
+    else:
+        assert code == 2 and len(err) == 1 and expected in err[0], err
+        assert files(work) == {"data"}          # the parent may exist; nothing inside it

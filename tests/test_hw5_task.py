@@ -91,3 +91,21 @@ def test_demo_score_takes_the_direction_from_the_config_it_is_given(demo, tmp_pa
     zh_en = load_config(schema, None, [f'data.dir="{demo}"', 'data.direction="zh-en"'])
     assert TranslationTask.demo_score(path, demo, en_zh)["bleu"] == pytest.approx(100.0)
     assert TranslationTask.demo_score(path, demo, zh_en) is None
+
+
+def test_an_empty_test_side_is_refused_before_training(demo, tmp_path, capsys):
+    """The test side is read, and found empty, before any run folder exists."""
+    import shutil
+
+    from hw.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(demo, data)
+    test = next(data.rglob("test.en"))
+    test.write_text("", encoding="utf-8")
+    capsys.readouterr()
+    code = main(["hw5", "train", "--data", str(data), "--dry-run", "--out", str(tmp_path / "r"),
+                 "--set", f'data.cache_dir="{tmp_path / "cache"}"'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{test}: empty" in err[0], err
+    assert not (tmp_path / "r").exists()

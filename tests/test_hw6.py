@@ -250,6 +250,8 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
     for i in range(3):
         (broken / f"{i}.jpg").write_bytes((demo / "faces" / f"{i}.jpg").read_bytes())
     (broken / "3.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    junk = tmp_path / "junk.tgz"
+    junk.write_bytes(b"not an archive at all")
     cases = [
         (["train", "--data", str(empty), "--config", CPU, "--out", str(tmp_path / "r1")],
          "no faces/ folder of images"),
@@ -269,6 +271,7 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
         (["generate", "--run", str(tmp_path / "nothing")], "config.toml: not found"),
         (["fid", "--real", str(demo), "--fake", str(tmp_path / "none.tgz")],
          "neither a folder of images nor a .tgz"),
+        (["fid", "--real", str(demo), "--fake", str(junk)], "junk.tgz: unreadable archive"),
     ]
     for argv, expected in cases:
         code = cli_main(["hw6", *argv])

@@ -288,3 +288,27 @@ class EvalWindowsView:
     def __init__(self, windows, w):
         self.rows, self.question = windows.rows, windows.question[[w]]
         self.offsets, self.input_ids = windows.offsets[[w]], windows.input_ids[[w]]
+
+
+def test_an_unreachable_hub_is_one_line_without_the_librarys_retries(monkeypatch, tmp_path):
+    """The local cache first; then one quick connection to the hub; when that fails the
+    library's own (minute-long, retried) download is never started."""
+    import time
+
+    from hw.hw7_qa import model as qa_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(qa_model, "HUB_HOST", ("127.0.0.1", 9))   # refused at once
+    calls = []
+
+    def loader(name, **kw):
+        calls.append(kw)
+        raise OSError(f"{name} is not cached")
+
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="not in the local cache, and 127.0.0.1 cannot be"):
+        qa_model.hf_load(loader, "some-org/some-model")
+    assert calls == [{"local_files_only": True}] and time.perf_counter() - start < 5
+    folder = tmp_path / "my-model"                      # a local folder: loaded as it is
+    folder.mkdir()
+    assert qa_model.hf_load(lambda name, **kw: (name, kw), str(folder)) == (str(folder), {})

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +15,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_torch_file
+from common.checkpoint import load_torch_file, save_torch_file
 from common.data import find_data_root
 from common.errors import UserError
 from common.io import atomic_write, files_key, write_csv_atomic, write_text_atomic
+from common.rundir import RunDir
 from common.runtime import hashed_uniform
 
 N_MELS = 40
@@ -24,6 +27,8 @@ PAD_VALUE = -20.0                  # the course pads with log of a near-zero ene
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac")
 DEMO_ANSWERS = "demo_test_answers.csv"
+SOURCES = "sources.csv"            # featurize: uttr-*.pt -> the audio file it came from
+WINDOW = 400                       # samples in one analysis window (n_fft)
 STORE_VERSION = 1
 
 
@@ -111,8 +116,8 @@ def load_test(data_dir: Path) -> Recordings:
     root = find_root(Path(data_dir))
     path = root / "testdata.json"
     data = _json(path)
-    if not isinstance(data.get("utterances"), list) or not data["utterances"]:
-        raise UserError(f"{path}: needs a non-empty 'utterances' list")
+    if not isinstance(data.get("utterances"), list):
+        raise UserError(f"{path}: needs an 'utterances' list")
     recs = [_record(path, rec, f"utterance {i}") for i, rec in enumerate(data["utterances"])]
     return Recordings(root, [p for p, _ in recs], np.array([n for _, n in recs], np.int64),
                       None, load_speakers(root))
@@ -191,7 +196,7 @@ def mel_frontend():
     import torchaudio
 
     return torchaudio.transforms.MelSpectrogram(
-        sample_rate=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, f_min=50.0,
+        sample_rate=SAMPLE_RATE, n_fft=WINDOW, win_length=WINDOW, hop_length=160, f_min=50.0,
         n_mels=N_MELS, power=2.0)
 
 
@@ -220,41 +225,65 @@ def read_audio(path: Path) -> torch.Tensor:
 def featurize(audio_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
     """Audio in <speaker>/<file>.wav|flac (and an optional test/ folder of unlabelled files) ->
     the course's Dataset/ layout in out_dir: metadata.json, mapping.json, testdata.json and one
-    uttr-<32 hex>.pt (float32 (mel_len, 40)) per file. Names are drawn from `seed`, so the same
-    audio gives the same files."""
+    uttr-<32 hex>.pt (float32 (mel_len, 40)) per file, plus sources.csv (which audio file
+    became which uttr-*.pt, and its speaker). Names are drawn from `seed`, so the same audio
+    gives the same files. Everything is written into a temporary folder beside out_dir and
+    renamed at the end: a failure leaves nothing; out_dir must not hold files yet."""
     audio_dir, out_dir = Path(audio_dir), Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: already holds files; choose a new --out folder (or "
+                        "remove this one)")
+    RunDir(out_dir).check_writable("--out")
     speakers = sorted(p.name for p in audio_dir.iterdir() if p.is_dir() and p.name != "test") \
         if audio_dir.is_dir() else []
     if not speakers:
         raise UserError(f"{audio_dir}: no speaker folders (<speaker>/<file>.wav or .flac)")
-    rng = np.random.default_rng(seed)
-    frontend = mel_frontend()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def convert(path: Path) -> dict:
-        name = f"uttr-{rng.bytes(16).hex()}.pt"
-        feat = log_mel(read_audio(path), frontend)
-        with atomic_write(out_dir / name, "wb") as fh:
-            torch.save(feat, fh)
-        return {"feature_path": name, "mel_len": int(feat.shape[0])}
 
     def audio_files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
 
-    metadata = {"n_mels": N_MELS, "speakers": {}}
-    for spk in tqdm(speakers, desc="featurize", unit="speaker", disable=None):
-        files = audio_files(audio_dir / spk)
-        if files:
-            metadata["speakers"][spk] = [convert(f) for f in files]
+    train = {spk: files for spk in speakers if (files := audio_files(audio_dir / spk))}
+    if not train:
+        raise UserError(f"{audio_dir}: the speaker folders hold no .wav or .flac files")
     test_dir = audio_dir / "test"
-    test = {"n_mels": N_MELS, "utterances": [convert(f) for f in audio_files(test_dir)]
-            if test_dir.is_dir() else []}
-    names = list(metadata["speakers"])
-    mapping = {"speaker2id": {s: i for i, s in enumerate(names)},
-               "id2speaker": {str(i): s for i, s in enumerate(names)}}
-    for name, data in (("metadata.json", metadata), ("testdata.json", test),
-                       ("mapping.json", mapping)):
-        write_text_atomic(out_dir / name, json.dumps(data))
+    test_files = audio_files(test_dir) if test_dir.is_dir() else []
+    rng = np.random.default_rng(seed)
+    frontend = mel_frontend()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}-featurize-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)   # left by a killed earlier attempt of this pid
+    tmp.mkdir()
+    sources: list[tuple[str, str, str]] = []
+
+    def convert(path: Path, speaker: str) -> dict:
+        wave = read_audio(path)
+        if len(wave) < WINDOW:
+            raise UserError(f"{path}: {len(wave)} samples, shorter than one analysis window "
+                            f"({WINDOW} samples, 25 ms at 16 kHz); remove it or record longer")
+        name = f"uttr-{rng.bytes(16).hex()}.pt"
+        feat = log_mel(wave, frontend)
+        save_torch_file(tmp / name, feat)
+        sources.append((name, str(path), speaker))
+        return {"feature_path": name, "mel_len": int(feat.shape[0])}
+
+    try:
+        metadata = {"n_mels": N_MELS, "speakers": {}}
+        for spk, files in tqdm(train.items(), desc="featurize", unit="speaker", disable=None):
+            metadata["speakers"][spk] = [convert(f, spk) for f in files]
+        test = {"n_mels": N_MELS, "utterances": [convert(f, "") for f in test_files]}
+        names = list(metadata["speakers"])
+        mapping = {"speaker2id": {s: i for i, s in enumerate(names)},
+                   "id2speaker": {str(i): s for i, s in enumerate(names)}}
+        for name, data in (("metadata.json", metadata), ("testdata.json", test),
+                           ("mapping.json", mapping)):
+            write_text_atomic(tmp / name, json.dumps(data))
+        write_csv_atomic(tmp / SOURCES, ("feature_path", "source", "speaker"), sources)
+        if out_dir.is_dir():
+            out_dir.rmdir()          # empty (checked above); the rename takes its place
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
 
 

@@ -104,6 +104,9 @@ class SpeakerTask(ClassificationTask):
     def num_train(self, data) -> int:
         return len(data[0])
 
+    def num_test(self, data) -> int:
+        return len(data[0])
+
     def split(self, data):
         cfg, n = self.config["data"], len(data[0])
         split = split_train_valid if cfg.split == "random" else split_like_random_split

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import run_parser
+from common.cli import check_options, run_parser
 from common.errors import UserError
 from common.finished import load_run_model
 from common.io import write_text_atomic
@@ -45,6 +45,8 @@ def backtranslate_command(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=0, metavar="N",
                         help="the first N usable lines only (0: all)")
     args = parser.parse_args(argv[1:])
+    check_options(args, {"topk": {"min": 0}, "temperature": {"above": 0.0},
+                         "limit": {"min": 0}})
     out = Path(args.out) if args.out else Path(args.run) / "backtranslation"
     RunDir(out).check_writable()
     task, model, ckpt = load_run_model(TranslationTask, args.run, ckpt=args.ckpt)
@@ -86,8 +88,10 @@ def report_command(argv: list[str]) -> int:
     parser.add_argument("--positions", type=int, default=0, metavar="N",
                         help="the first N positions (0: all the model has)")
     args = parser.parse_args(argv[1:])
+    check_options(args, {"positions": {"min": 0}})
     run = RunDir(args.run)
     out = Path(args.out) if args.out else run.path
+    RunDir(out).check_writable()
     task, model, ckpt = load_run_model(TranslationTask, run.path, ckpt=args.ckpt)
     if not hasattr(model, "dec_pos"):
         raise UserError(f"{run.path}: the {task.config['model'].arch} model has no positional "

@@ -174,7 +174,11 @@ class TranslationTask(Task):
     def load_test(self, data_dir: Path) -> mt.Packed:
         source = self.config["data"].direction.split("-")[0]
         path = mt.test_path(mt.find_root(data_dir), source)
-        return mt.pack(self.sp, [mt.CLEAN[source](s) for s in mt.read_lines(path)])
+        lines = mt.read_lines(path)
+        if not lines:
+            raise UserError(f"{path}: empty; the test side needs one sentence per line (it "
+                            "comes with the course's test.tgz)")
+        return mt.pack(self.sp, [mt.CLEAN[source](s) for s in lines])
 
     def num_train(self, data: Bitext) -> int:
         return data.n_real

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import run_parser
+from common.cli import check_options, run_parser
 from common.errors import UserError
 from common.finished import load_run_model
 from common.images import image_files, load_images
@@ -37,14 +37,11 @@ def generate_command(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, metavar="S",
                         help="another set of latent codes (default: the run's trainer.seed)")
     args = parser.parse_args(argv[1:])
+    check_options(args, {"count": {"min": 1}, "truncation": {"min": 0.0, "max": 1.0}})
     out = Path(args.out) if args.out else Path(args.run)
     RunDir(out).check_writable()
-    if args.count < 1:
-        raise UserError(f"--count {args.count}: generate at least one image")
     task, model, ckpt = load_run_model(GanTask, args.run, ckpt=args.ckpt)
     if args.truncation is not None:
-        if not 0.0 <= args.truncation <= 1.0:
-            raise UserError(f"--truncation {args.truncation}: choose a value in [0, 1]")
         task.config["model"] = replace(task.config["model"], truncation=args.truncation)
     if args.seed is not None:
         task.config["trainer"] = replace(task.config["trainer"], seed=args.seed)
@@ -74,7 +71,9 @@ def read_image_set(path: Path, size: int) -> np.ndarray:
                 arrays = [np.asarray(Image.open(tar.extractfile(m)).convert("RGB")
                                      .resize((size, size)), dtype=np.uint8) for m in members]
         except (tarfile.TarError, OSError) as exc:
-            raise UserError(f"{path}: unreadable archive ({exc})") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+            raise UserError(f"{path}: unreadable archive ({reason}); pass a .tgz of images or "
+                            "a folder") from None
         if not arrays:
             raise UserError(f"{path}: no images in this archive")
         return np.stack(arrays)
@@ -100,6 +99,7 @@ def fid_command(argv: list[str]) -> int:
                         help="also the anime-face detection rate (AFD) of the fake set, with "
                         "OpenCV and this cascade file (lbpcascade_animeface.xml)")
     args = parser.parse_args(argv[1:])
+    check_options(args, {"size": {"min": 8}})
     net = fid.feature_network(args.inception or "",
                               "cuda" if torch.cuda.is_available() else "cpu")
     real_dir = Path(args.real)
@@ -133,6 +133,8 @@ def report_command(argv: list[str]) -> int:
     parser.add_argument("--out", metavar="FILE",
                         help="the PNG (default: report_d_grad_norms.png in the first run)")
     args = parser.parse_args(argv[1:])
+    if args.out:
+        RunDir.check_writable_file(args.out)
     panels = []
     for run_dir in args.runs:
         run = RunDir(run_dir)

@@ -3,17 +3,42 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from torch import nn
 
 from common.errors import UserError
 
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub (none when HF_HUB_OFFLINE is set): the library's own
+    attempts retry with back-off for about a minute before they give up."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
 
 def hf_load(loader, name: str):
-    """A pretrained model or tokenizer from a name or folder; one clear line when it is
-    neither cached nor reachable."""
+    """A pretrained model or tokenizer from a folder, else from the local Hugging Face cache,
+    else (one quick check that the hub answers first) from the hub; one clear line when none
+    has it, within seconds offline."""
     try:
+        if Path(name).exists():
+            return loader(name)
+        try:
+            return loader(name, local_files_only=True)
+        except (OSError, ValueError):
+            if not hub_reachable():
+                raise OSError(f"not in the local cache, and {HUB_HOST[0]} cannot be "
+                              "reached") from None
         return loader(name)
     except (OSError, ValueError) as exc:
         where = "the folder" if Path(name).exists() else "the Hugging Face cache"
