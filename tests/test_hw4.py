@@ -197,14 +197,18 @@ def demo_accuracy(run, demo) -> float:
 
 def test_recipes_on_demo_voices(demo, tmp_path):
     """Our CPU recipe (Conformer, attentive statistics pooling, additive margin) beats the
-    course's transformer on the demo test answer key; both are far above chance (1/40)."""
-    sample = train_run(SpeakerTask, config(demo, tmp_path, "hw4_sample",
-                                           ["trainer.eval_every_steps=0"]), tmp_path / "s")
-    ours = train_run(SpeakerTask, config(demo, tmp_path), tmp_path / "o")
+    course's transformer on the demo test answer key with half its epochs; both are far above
+    chance (1/40). Shortened to stay cheap: the course sample runs 16 epochs (its 1000-step
+    warmup scaled to 100 with it), ours 8 (the full recipes: README, HW4)."""
+    sample = train_run(SpeakerTask, config(demo, tmp_path, "hw4_sample", [
+        "trainer.eval_every_steps=0", "trainer.epochs=16", "sched.warmup_steps=100"]),
+        tmp_path / "s")
+    ours = train_run(SpeakerTask, config(demo, tmp_path, overrides=["trainer.epochs=8"]),
+                     tmp_path / "o")
     acc = {"sample": demo_accuracy(sample["run_dir"], demo),
            "ours": demo_accuracy(ours["run_dir"], demo)}
     print(acc)
-    assert acc["sample"] > 0.4 and acc["ours"] > acc["sample"]   # measured 0.644 and 0.666
+    assert acc["sample"] > 0.4 and acc["ours"] > acc["sample"]   # measured 0.538 and 0.619
 
 
 def test_kfold_dry_run_with_test_time_crops_writes_the_submission(demo, tmp_path):
