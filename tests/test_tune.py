@@ -328,8 +328,10 @@ def test_handoff_lines_and_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KAGGLE_KEY", "secret")
     code, _ = download("hw1")
     assert code == 0
+    # the CLI downloads into a folder beside --dest, moved in once extracted
     assert (tmp_path / "data" / "args.txt").read_text() == \
-        f"competitions download -c ml2022spring-hw1 -p {tmp_path / 'data'}"
+        f"competitions download -c ml2022spring-hw1 -p {tmp_path / f'.data-download-{os.getpid()}'}"
+    assert not list(tmp_path.glob(".data-download-*"))
     assert (tmp_path / "data" / "covid.train.csv").read_text() == "id\n"
     code, err = download("hw5")
     assert code == 2 and len(err) == 1 and "not on Kaggle" in err[0], err
