@@ -16,11 +16,18 @@ ENTRY_POINT_GROUP = "mlhw.homeworks"
 
 class Homework:
     """`task`: "module:Class". `commands`: the homework's own actions, name -> (help,
-    "module:function"), each called with its argv (argv[0] the program's name)."""
+    "module:function"), each called with its argv (argv[0] the program's name). With
+    `package` (the declaring package's `__name__`), a task module starting with "." is inside
+    it, and a command given as a bare function name lives in its `commands` module."""
 
     def __init__(self, name: str, title: str, task: str,
-                 commands: dict[str, tuple[str, str]] | None = None):
-        self.name, self.title, self.task, self.commands = name, title, task, commands or {}
+                 commands: dict[str, tuple[str, str]] | None = None, *, package: str = ""):
+        if package and task.startswith("."):
+            task = package + task
+        self.name, self.title, self.task = name, title, task
+        self.commands = {command: (text, target if ":" in target or not package
+                                   else f"{package}.commands:{target}")
+                         for command, (text, target) in (commands or {}).items()}
 
     def __call__(self) -> type:
         """The task class."""

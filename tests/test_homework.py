@@ -130,3 +130,12 @@ def test_runs_take_a_metrics_direction_from_the_run_and_its_task():
     assert metric_mode(hw1, plain, "valid_mem") == "min"
     assert metric_mode(hw1, {"trainer.monitor": "valid_mem", "trainer.mode": "max"},
                        "valid_mem") == "max"                       # the run's own mode
+
+
+def test_a_homework_names_its_task_and_commands_relative_to_its_package():
+    entry = Homework("hw9", "HW9", ".task:XaiTask", package="hw.hw9_xai",
+                     commands={"saliency": ("maps", "saliency_command"),
+                               "other": ("elsewhere", "tools.cli:run")})
+    assert entry.task == "hw.hw9_xai.task:XaiTask"
+    assert entry.commands == {"saliency": ("maps", "hw.hw9_xai.commands:saliency_command"),
+                              "other": ("elsewhere", "tools.cli:run")}

@@ -3,4 +3,4 @@
 from common.homework import Homework
 
 HOMEWORK = Homework("hw1", "HW1 COVID-19 positive-rate regression (ml2022spring-hw1)",
-                    "hw.hw1_covid.task:CovidTask")
+                    ".task:CovidTask", package=__name__)

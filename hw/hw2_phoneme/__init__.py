@@ -3,4 +3,4 @@
 from common.homework import Homework
 
 HOMEWORK = Homework("hw2", "HW2 framewise phoneme classification (ml2022spring-hw2)",
-                    "hw.hw2_phoneme.task:PhonemeTask")
+                    ".task:PhonemeTask", package=__name__)

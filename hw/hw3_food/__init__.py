@@ -3,4 +3,4 @@
 from common.homework import Homework
 
 HOMEWORK = Homework("hw3", "HW3 Food-11 image classification (ml2022spring-hw3b)",
-                    "hw.hw3_food.task:FoodTask")
+                    ".task:FoodTask", package=__name__)

@@ -2,10 +2,9 @@
 
 from common.homework import Homework
 
-COMMANDS = "hw.hw7_qa.commands"
 HOMEWORK = Homework(
-    "hw7", "HW7 BERT extractive question answering (ml2022spring-hw7)", "hw.hw7_qa.task:QATask",
+    "hw7", "HW7 BERT extractive question answering (ml2022spring-hw7)", ".task:QATask",
     commands={
         "spans": ("how many train and dev answers the window settings can recover exactly",
-                  f"{COMMANDS}:spans_command"),
-    })
+                  "spans_command"),
+    }, package=__name__)
