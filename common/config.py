@@ -23,10 +23,11 @@ Config = dict[str, Any]
 
 
 def option(default: Any = dataclasses.MISSING, *, factory=None, min=None, max=None,
-           below=None, choices=None) -> Any:
-    """A dataclass field with the range (min <= value <= max, value < below; every element of
-    a list) or the choices its value must respect, checked whenever a config is built."""
-    rules = {k: v for k, v in (("min", min), ("max", max), ("below", below),
+           below=None, above=None, choices=None) -> Any:
+    """A dataclass field with the range (min <= value <= max, above < value < below; every
+    element of a list) or the choices its value must respect, checked whenever a config is
+    built."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("below", below), ("above", above),
                                ("choices", choices)) if v is not None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"rules": rules})

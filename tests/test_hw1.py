@@ -11,6 +11,7 @@ import torch
 from common.config import load_config
 from common.pipeline import fit_split, make_trainer
 from common.submission import validate_submission
+from hw.hw1_covid import data as covid
 from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
 from hw.hw1_covid.task import CovidTask
 from tests.conftest import ROOT, run_cli
@@ -139,7 +140,8 @@ def test_kbest_and_standardisation_use_the_training_split_only(hw1_demo):
 def test_learns_the_demo_data_beyond_chance(hw1_demo, tmp_path):
     result = run_cli("hw1", "train", "--data", str(hw1_demo), "--out", str(tmp_path / "run"),
                      "--set", "trainer.epochs=40", "--set", "data.valid_ratio=0.2",
-                     "--set", "model.hidden=[64]", "--set", "optim.lr=1e-2")
+                     "--set", "model.arch=mlp", "--set", "model.hidden=[64]",
+                     "--set", "optim.lr=1e-2", "--set", "trainer.batch_size=256")
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     variance = pd.read_csv(hw1_demo / "covid.train.csv").iloc[:, -1].var()
@@ -221,6 +223,56 @@ def test_sample_config_behaves_like_the_course_sample(real_hw1, hw1_demo):
     st = fit_split(task, table, *task.split(table)).state
     assert st.stopped and st.bad_evals == 400 and len(st.history) == 401
     assert st.best_step == st.history[0]["step"]
+
+
+def sine_table(n: int, noise: float, seed: int) -> covid.CovidTable:
+    """y = sin(2x) + noise on x uniform in [-3, 3], as a one-column HW1 table."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3, 3, n)
+    y = np.sin(2 * x) + rng.normal(0, noise, n)
+    return covid.CovidTable(Path("sine.csv"), np.arange(n), ["d1.x"], x[:, None], y)
+
+
+def fit_sine(table, *overrides):
+    t = task("model.arch=rbf", "optim.name=adam", "data.valid_ratio=0", "trainer.batch_size=4096",
+             "trainer.epochs=300", "optim.lr=0.1", "optim.weight_decay=1e-4",
+             "trainer.print_every_evals=1000000", *overrides)
+    t.columns = table.columns
+    train_idx, held_out = np.arange(300), np.arange(300, len(table))
+    trainer = fit_split(t, table, train_idx, np.arange(0))
+    return t, trainer, train_idx, held_out
+
+
+def test_rbf_network_learns_a_noisy_sine_to_the_noise_floor_and_equals_kernel_ridge():
+    """The engine-trained kernel network against two independent references: the noise floor
+    of a 1-D sine (noise variance 0.01) and scikit-learn's closed-form KernelRidge with the
+    same kernel and the penalty alpha = wd * n / (2 var(y)) that weight decay amounts to."""
+    from sklearn.kernel_ridge import KernelRidge
+    table = sine_table(800, noise=0.1, seed=0)
+    t, trainer, train_idx, held_out = fit_sine(table)
+    held = trainer.evaluate(t.labelled_dataset(table, held_out))["mse"]
+    assert held < 0.0125  # noise floor 0.0100; measured 0.0104
+    x = (table.features - t.mean) / t.std
+    y = table.target[train_idx]
+    ridge = KernelRidge(kernel="rbf", gamma=3.0, alpha=1e-4 * 300 / (2 * y.var()))
+    ridge.fit(x[train_idx], y - y.mean())
+    expected = ridge.predict(x[held_out]) + y.mean()
+    ours = trainer.predict(t.labelled_dataset(table, held_out)).double().numpy()
+    assert np.abs(ours - expected).max() < 2e-3  # measured 3e-4
+    # a Nystroem subset of 60 centres: the basis has their shape and still fits the sine
+    t, trainer, *_ = fit_sine(table, "model.centres=60")
+    assert t.basis["centres"].shape == (60, 1)
+    assert trainer.evaluate(t.labelled_dataset(table, held_out))["mse"] < 0.0125
+
+
+def test_rbf_keys_are_range_checked(hw1_demo, tmp_path):
+    for setting, words in (("model.gamma=0", "must be greater than 0"),
+                           ("model.centres=-1", "must be at least 0"),
+                           ('model.arch="kernel"', "is not a choice")):
+        result = run_cli("hw1", "train", "--data", str(hw1_demo), "--out", str(tmp_path / "r"),
+                         "--set", setting)
+        assert result.returncode == 2 and words in result.stderr, (setting, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

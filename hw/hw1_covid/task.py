@@ -1,4 +1,5 @@
-"""HW1 task: features from the header, optional SelectKBest, standardisation, an MLP, MSE."""
+"""HW1 task: features from the header, optional SelectKBest, standardisation, a network (an MLP
+or a Gaussian-kernel layer with a trained head), MSE."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from common.sections import DataConfig
 from common.submission import write_submission
 from common.task import Task
 from hw.hw1_covid import data as covid
-from hw.hw1_covid.model import ARCHS
+from hw.hw1_covid.model import ARCHS, fit_basis
 
 
 @dataclass
@@ -43,6 +44,10 @@ class CovidModelConfig:
     activation: str = option("relu", choices=tuple(ACTIVATIONS))
     dropout: float = option(0.0, min=0.0, below=1.0)
     batchnorm: bool = False
+    # rbf: kernel width per feature (scikit-learn's gamma times the number of features) and how
+    # many training rows serve as centres (0: all; fewer: a seeded Nystroem subset)
+    gamma: float = option(3.0, above=0.0)
+    centres: int = option(0, min=0)
 
 
 class CovidTask(Task):
@@ -61,6 +66,7 @@ class CovidTask(Task):
         self.columns: list[str] = []      # every feature column of the training file
         self.selected: list[str] = []     # the model's inputs, in order
         self.mean = self.std = None
+        self.basis: dict | None = None    # the model's fitted state (model.arch = "rbf")
 
     # --- data -----------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> covid.CovidTable:
@@ -116,6 +122,8 @@ class CovidTask(Task):
             x = table.column_matrix(self.selected)[train_idx]
             std = x.std(axis=0)
             self.mean, self.std = x.mean(axis=0), np.where(std > 1e-12, std, 1.0)
+        self.basis = fit_basis(self.config["model"], self._inputs(table, train_idx).numpy(),
+                               table.target[train_idx], seed=self.config["data"].split_seed)
         valid = self.labelled_dataset(table, valid_idx) if len(valid_idx) else None
         return self.labelled_dataset(table, train_idx), valid
 
@@ -129,17 +137,19 @@ class CovidTask(Task):
     def state_dict(self) -> dict:
         return {"columns": list(self.columns), "selected": list(self.selected),
                 "mean": None if self.mean is None else torch.from_numpy(self.mean),
-                "std": None if self.std is None else torch.from_numpy(self.std)}
+                "std": None if self.std is None else torch.from_numpy(self.std),
+                "basis": self.basis}
 
     def load_state_dict(self, state: dict) -> None:
         self.columns, self.selected = list(state["columns"]), list(state["selected"])
         self.mean = None if state["mean"] is None else state["mean"].numpy()
         self.std = None if state["std"] is None else state["std"].numpy()
+        self.basis = state.get("basis")
 
     # --- model and objective ------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         return ARCHS.build(self.config["model"].arch, self.config["model"],
-                           features=len(self.selected))
+                           features=len(self.selected), basis=self.basis)
 
     def forward(self, model, batch):
         return model(batch[0]).squeeze(-1)
