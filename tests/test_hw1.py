@@ -251,14 +251,14 @@ def test_rbf_network_learns_a_noisy_sine_to_the_noise_floor_and_equals_kernel_ri
     table = sine_table(800, noise=0.1, seed=0)
     t, trainer, train_idx, held_out = fit_sine(table)
     held = trainer.evaluate(t.labelled_dataset(table, held_out))["mse"]
-    assert held < 0.0125  # noise floor 0.0100; measured 0.0104
+    assert held < 0.0125  # noise floor 0.0100; measured 0.0105
     x = (table.features - t.mean) / t.std
     y = table.target[train_idx]
     ridge = KernelRidge(kernel="rbf", gamma=3.0, alpha=1e-4 * 300 / (2 * y.var()))
     ridge.fit(x[train_idx], y - y.mean())
     expected = ridge.predict(x[held_out]) + y.mean()
     ours = trainer.predict(t.labelled_dataset(table, held_out)).double().numpy()
-    assert np.abs(ours - expected).max() < 2e-3  # measured 3e-4
+    assert np.abs(ours - expected).max() < 2e-3  # measured 1.3e-5 (without the whitening: 0.011)
     # a Nystroem subset of 60 centres: the basis has their shape and still fits the sine
     t, trainer, *_ = fit_sine(table, "model.centres=60")
     assert t.basis["centres"].shape == (60, 1)
