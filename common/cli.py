@@ -23,6 +23,7 @@ from common.kfold import kfold_run, predict_kfold
 from common.pipeline import dry_run_config, train_run
 from common.rundir import RunDir
 from common.runlog import say
+from common.scaffold import KINDS, new
 from common.task import Task
 from common.tune import Study, check_storage, format_table, parse_space, tune
 
@@ -186,6 +187,17 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     cp.add_argument("--metric", metavar="M", help="the curve to draw (default: the first "
                     "run's trainer.monitor)")
     cp.add_argument("--out", metavar="FILE", help="the PNG (default: compare.png here)")
+    nw = sub.add_parser("new", help="scaffold a new homework package that trains on demo data",
+                        description="Write hw/NAME/ (data.py, model.py, task.py, the HOMEWORK "
+                        "entry), configs/NAME.toml and NAME_cpu.toml and tests/test_NAME.py; "
+                        "`NAME train --demo` works right after. Writes nothing if any of them "
+                        "exists.")
+    nw.add_argument("name", metavar="NAME", help="the homework's command name, e.g. hw8")
+    nw.add_argument("--kind", required=True, choices=tuple(KINDS),
+                    help="the task's shape")
+    nw.add_argument("--title", default="", help="one line for `list`")
+    nw.add_argument("--root", default=str(REPO_ROOT), metavar="DIR",
+                    help="the checkout to write into (default: this one)")
     for name in tasks:
         _add_task_parser(sub, name, titles.get(name, name),
                          getattr(tasks[name], "commands", {}))
@@ -381,6 +393,14 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
             print(f"{name:6s} {titles[name]}")
         return 0
     try:
+        if args.task == "new":
+            written = new(args.name, args.kind, Path(args.root), taken=set(tasks),
+                          title=args.title)
+            for path in written:
+                say(f"wrote {path}")
+            say(f"next: python scripts/run.py {args.name} train --demo; "
+                f"python -m pytest {written[-1]}")
+            return 0
         if args.task in ("runs", "compare"):
             from common import runs as run_table
 

@@ -1,0 +1,118 @@
+"""`new NAME --kind KIND`: a homework package that trains on its demo data at once.
+
+It writes hw/<name>/ (`__init__.py` with the HOMEWORK entry, `data.py`, `model.py`,
+`task.py`), configs/<name>.toml and configs/<name>_cpu.toml, and tests/test_<name>.py, from the
+templates in common/templates/. Nothing is written unless every target is free: the files are
+staged in a temporary folder under the root and moved into place at the end."""
+
+from __future__ import annotations
+
+import keyword
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+from common.errors import UserError
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+_REGRESSION = {
+    "template": "tabular", "base": "Task", "target": "target", "metric_note": "MSE",
+    "monitor": "valid_mse", "mode": "min", "outputs": "1", "class_attrs": "",
+    "fold_labels": "",
+    "demo_target": "    target = np.round(signal + rng.normal(0, 0.2, len(x)), 5)",
+    "target_tensor": "as_float_tensor(table.target[idx])",
+    "objective": '''
+    def forward(self, model, batch):
+        return model(batch[0]).squeeze(-1)
+
+    def loss(self, output, batch):
+        return nn.functional.mse_loss(output.float(), batch[-1])
+
+    def metrics(self, outputs, targets, dataset=None):
+        return {"mse": torch.mean((outputs - targets) ** 2).item()}
+''',
+    "submitted": "outputs.double().numpy()",
+    "learn_assert": "    assert metrics[\"mse\"] < 0.5 * table.target.var()  # the demo target's "
+                    "variance is about 1.7",
+}
+_CLASSIFICATION = {
+    **_REGRESSION, "base": "ClassificationTask", "target": "label",
+    "metric_note": "cross-entropy and accuracy come from ClassificationTask",
+    "monitor": "valid_acc", "mode": "max", "outputs": "self.num_classes",
+    "class_attrs": "    num_classes = 3\n",
+    "fold_labels": '''
+    def fold_labels(self, table: data.Table) -> np.ndarray:
+        return table.target.astype(np.int64)   # stratified folds
+''',
+    "demo_target": "    target = np.digitize(signal + rng.normal(0, 0.2, len(x)), "
+                   "np.quantile(signal, [1 / 3, 2 / 3]))",
+    "target_tensor": "torch.as_tensor(table.target[idx], dtype=torch.long)",
+    "objective": "",
+    "submitted": "outputs.argmax(-1).numpy()",
+    "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
+}
+KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION}
+
+
+def targets(root: Path, name: str) -> dict[str, Path]:
+    """Template file -> where it goes."""
+    package = root / "hw" / name
+    return {"__init__.py.tmpl": package / "__init__.py", "data.py.tmpl": package / "data.py",
+            "model.py.tmpl": package / "model.py", "task.py.tmpl": package / "task.py",
+            "config.toml.tmpl": root / "configs" / f"{name}.toml",
+            "config_cpu.toml.tmpl": root / "configs" / f"{name}_cpu.toml",
+            "test.py.tmpl": root / "tests" / f"test_{name}.py"}
+
+
+def check_name(name: str, root: Path, taken: set[str]) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
+        raise UserError(f"new: {name!r} is not a lower-case Python identifier (letters, digits "
+                        "and _, not starting with a digit); try e.g. hw8")
+    if name in taken:
+        raise UserError(f"new: a homework named {name!r} exists already; choose another name")
+    for path in targets(root, name).values():
+        if path.exists() or (path.name == "__init__.py" and path.parent.exists()):
+            where = path.parent if path.name == "__init__.py" else path
+            raise UserError(f"new: {where} exists already; choose another name or move it away")
+
+
+def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
+        title: str = "") -> list[Path]:
+    """Write the package, configs and test of a new homework; returns the files written."""
+    if kind not in KINDS:
+        raise UserError(f"new: --kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+    root = Path(root)
+    check_name(name, root, set(taken))
+    values = {**KINDS[kind], "name": name, "kind": kind,
+              "Class": "".join(part.capitalize() for part in name.split("_")) or name,
+              "title": title or f"{name.upper()} ({kind})"}
+    folder = TEMPLATES / values["template"]
+    places = targets(root, name)
+    (root / "hw").mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
+    try:
+        staged = {}
+        for template, dest in places.items():
+            text = string.Template((folder / template).read_text()).substitute(values)
+            staged[dest] = stage / dest.relative_to(root)
+            staged[dest].parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staged[dest].write_text(text)
+            except OSError as exc:  # name the file it was for (a full disk names none)
+                raise OSError(exc.errno, exc.strerror, str(dest)) from None
+        for part in ("configs", "tests"):
+            (root / part).mkdir(exist_ok=True)
+        for dest in places.values():
+            if dest.parent.name != name:
+                shutil.move(staged[dest], dest)
+        shutil.move(stage / "hw" / name, root / "hw" / name)
+    except BaseException:
+        for dest in places.values():  # undo the moves made so far
+            if dest.exists() and not staged.get(dest, dest).exists():
+                dest.unlink()
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return list(places.values())

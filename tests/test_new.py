@@ -1,0 +1,84 @@
+"""`new NAME --kind KIND`: the scaffold trains at once, and a refused name writes nothing.
+
+Each kind is generated into a copy of the library (common/, scripts/, hw/__init__.py) in a
+temporary folder, as a user's checkout would get it; there `train --demo --dry-run` and the
+generated test must pass."""
+
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.scaffold import KINDS
+from tests.conftest import ROOT, run_cli
+
+
+def checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    shutil.copytree(ROOT / "common", root / "common",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "scripts", root / "scripts",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "hw").mkdir()
+    for name in ("__init__.py", "cli.py"):
+        shutil.copy(ROOT / "hw" / name, root / "hw" / name)
+    return root
+
+
+def run_in(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(root / "scripts" / "run.py"), *args],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
+    root = checkout(tmp_path)
+    made = run_in(root, "new", "hw9", "--kind", kind, "--title", "HW9 scaffold")
+    assert made.returncode == 0, made.stderr
+    for path in ("hw/hw9/__init__.py", "hw/hw9/data.py", "hw/hw9/model.py", "hw/hw9/task.py",
+                 "configs/hw9.toml", "configs/hw9_cpu.toml", "tests/test_hw9.py"):
+        assert (root / path).is_file(), path
+    assert "hw9    HW9 scaffold" in run_in(root, "list").stdout  # discovered, no table edited
+    dry = run_in(root, "hw9", "train", "--demo", "--dry-run", "--out", str(tmp_path / "dry"))
+    assert dry.returncode == 0, dry.stderr
+    assert (tmp_path / "dry" / "submission.csv").is_file()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "tests/test_hw9.py"], capture_output=True, text=True, cwd=root,
+                           timeout=600)
+    assert tests.returncode == 0, tests.stdout[-2000:]
+    assert "3 passed" in tests.stdout
+
+
+def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
+    root = checkout(tmp_path)
+    (root / "configs").mkdir()
+    (root / "configs" / "hw9.toml").write_text("# mine\n")
+    before = tree(root)
+    for name, words in (("9hw", "not a lower-case Python identifier"),
+                        ("class", "not a lower-case Python identifier"),
+                        ("Hw9", "not a lower-case Python identifier"),
+                        ("hw9", "configs/hw9.toml exists already")):
+        result = run_in(root, "new", name, "--kind", "regression")
+        assert result.returncode == 2 and words in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert tree(root) == before and (root / "configs" / "hw9.toml").read_text() == "# mine\n"
+    taken = run_cli("new", "hw1", "--kind", "regression")  # an existing homework's name
+    assert taken.returncode == 2 and "exists already" in taken.stderr
+    unknown = run_in(root, "new", "hw10", "--kind", "audio")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    assert tree(root) == before
+    # a full disk for real: files of at most 2000 bytes; task.py is larger
+    full = subprocess.run(
+        [sys.executable, str(root / "scripts" / "run.py"), "new", "hw10", "--kind", "regression"],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)))
+    assert full.returncode == 2 and "hw10" in full.stderr, full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1
+    assert tree(root) == before  # nothing half-written, no staging folder left
