@@ -49,6 +49,11 @@ def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
     dry = run_in(root, "hw9", "train", "--demo", "--dry-run", "--out", str(tmp_path / "dry"))
     assert dry.returncode == 0, dry.stderr
     assert (tmp_path / "dry" / "submission.csv").is_file()
+    folds = run_in(root, "hw9", "kfold", "--demo", "--dry-run", "--out", str(tmp_path / "kf"))
+    assert folds.returncode == 0 and "out-of-fold over all 800 items" in folds.stderr, \
+        folds.stderr
+    study = run_in(root, "hw9", "tune", "--demo", "--trials", "2", "--out", str(tmp_path / "tu"))
+    assert study.returncode == 0 and "best: trial" in study.stdout, study.stderr
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             "tests/test_hw9.py"], capture_output=True, text=True, cwd=root,
                            timeout=600)
