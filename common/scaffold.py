@@ -18,21 +18,12 @@ from common.errors import UserError
 TEMPLATES = Path(__file__).with_name("templates")
 
 _REGRESSION = {
-    "template": "tabular", "base": "Task", "target": "target", "metric_note": "MSE",
+    "template": "tabular", "base": "RegressionTask", "target": "target",
+    "metric_note": "MSE as loss and metric come from RegressionTask",
     "monitor": "valid_mse", "mode": "min", "outputs": "1", "class_attrs": "",
     "fold_labels": "",
     "demo_target": "    target = np.round(signal + rng.normal(0, 0.2, len(x)), 5)",
     "target_tensor": "as_float_tensor(table.target[idx])",
-    "objective": '''
-    def forward(self, model, batch):
-        return model(batch[0]).squeeze(-1)
-
-    def loss(self, output, batch):
-        return nn.functional.mse_loss(output.float(), batch[-1])
-
-    def metrics(self, outputs, targets, dataset=None):
-        return {"mse": torch.mean((outputs - targets) ** 2).item()}
-''',
     "submitted": "outputs.double().numpy()",
     "learn_assert": "    assert metrics[\"mse\"] < 0.5 * table.target.var()  # the demo target's "
                     "variance is about 1.7",
@@ -49,7 +40,6 @@ _CLASSIFICATION = {
     "demo_target": "    target = np.digitize(signal + rng.normal(0, 0.2, len(x)), "
                    "np.quantile(signal, [1 / 3, 2 / 3]))",
     "target_tensor": "torch.as_tensor(table.target[idx], dtype=torch.long)",
-    "objective": "",
     "submitted": "outputs.argmax(-1).numpy()",
     "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
 }

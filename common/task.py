@@ -140,6 +140,21 @@ class Task(Objective):
         return {"em" if cls.output_kind == "spans" else "acc": float((got == truth).mean())}
 
 
+class RegressionTask(Task):
+    """A task whose model outputs one value per item (shape (batch, 1) or (batch,)): mean
+    squared error as the loss and the metric."""
+
+    def forward(self, model: nn.Module, batch) -> torch.Tensor:
+        return model(batch[0]).squeeze(-1)
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        return nn.functional.mse_loss(output.float(), batch[-1])
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor,
+                dataset=None) -> dict[str, float]:
+        return {"mse": torch.mean((outputs - targets) ** 2).item()}
+
+
 class ClassificationTask(Task):
     """A task whose model outputs class logits: cross-entropy on hard or mixed (soft) targets,
     with `model.label_smoothing` if the model config has it, and accuracy."""

@@ -46,6 +46,12 @@ def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
                  "configs/hw9.toml", "configs/hw9_cpu.toml", "tests/test_hw9.py"):
         assert (root / path).is_file(), path
     assert "hw9    HW9 scaffold" in run_in(root, "list").stdout  # discovered, no table edited
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff:  # the generated code meets this repository's lint rules
+        lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"),
+                               "hw/hw9", "tests/test_hw9.py"], capture_output=True, text=True,
+                              cwd=root)
+        assert lint.returncode == 0, lint.stdout
     dry = run_in(root, "hw9", "train", "--demo", "--dry-run", "--out", str(tmp_path / "dry"))
     assert dry.returncode == 0, dry.stderr
     assert (tmp_path / "dry" / "submission.csv").is_file()

@@ -19,7 +19,7 @@ from common.errors import UserError
 from common.models import ACTIVATIONS
 from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import Task
+from common.task import RegressionTask
 from hw.hw1_covid import data as covid
 from hw.hw1_covid.model import ARCHS, fit_basis
 
@@ -50,7 +50,7 @@ class CovidModelConfig:
     centres: int = option(0, min=0)
 
 
-class CovidTask(Task):
+class CovidTask(RegressionTask):
     name = "hw1"
     data_config = CovidDataConfig
     model_config = CovidModelConfig
@@ -150,15 +150,6 @@ class CovidTask(Task):
     def build_model(self) -> nn.Module:
         return ARCHS.build(self.config["model"].arch, self.config["model"],
                            features=len(self.selected), basis=self.basis)
-
-    def forward(self, model, batch):
-        return model(batch[0]).squeeze(-1)
-
-    def loss(self, output, batch):
-        return nn.functional.mse_loss(output.float(), batch[-1])
-
-    def metrics(self, outputs, targets, dataset=None):
-        return {"mse": torch.mean((outputs - targets) ** 2).item()}
 
     def write_submission(self, table, outputs, path: Path) -> Path:
         return write_submission(path, self.header, table.ids.tolist(), outputs.double().numpy())
