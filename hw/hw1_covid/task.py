@@ -59,6 +59,7 @@ class CovidTask(RegressionTask):
     download_hint = "kaggle competitions download -c ml2022spring-hw1"
     header = ("id", "tested_positive")
     demo_answers = covid.DEMO_ANSWERS
+    demo_config = "hw1_demo"  # hw1.toml with a kernel width for the synthetic table
     demo_baseline = "mse 0.239 (configs/hw1_sample.toml, measured)"
 
     def __init__(self, config):
