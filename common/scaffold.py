@@ -75,12 +75,14 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
         raise UserError(f"new: --kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
     root = Path(root)
     check_name(name, root, set(taken))
+    title = title or f"{name.upper()} ({kind})"
     values = {**KINDS[kind], "name": name, "kind": kind,
               "Class": "".join(part.capitalize() for part in name.split("_")) or name,
-              "title": title or f"{name.upper()} ({kind})"}
+              "title": title.replace("\\", "/").replace('"', "'"),  # safe in a docstring
+              "title_literal": repr(title)}
     folder = TEMPLATES / values["template"]
     places = targets(root, name)
-    (root / "hw").mkdir(exist_ok=True)
+    package = root / "hw" / name
     stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
     try:
         staged = {}
@@ -92,12 +94,12 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
                 staged[dest].write_text(text)
             except OSError as exc:  # name the file it was for (a full disk names none)
                 raise OSError(exc.errno, exc.strerror, str(dest)) from None
-        for part in ("configs", "tests"):
+        for part in ("hw", "configs", "tests"):
             (root / part).mkdir(exist_ok=True)
         for dest in places.values():
-            if dest.parent.name != name:
+            if dest.parent != package:
                 shutil.move(staged[dest], dest)
-        shutil.move(stage / "hw" / name, root / "hw" / name)
+        shutil.move(stage / "hw" / name, package)
     except BaseException:
         for dest in places.values():  # undo the moves made so far
             if dest.exists() and not staged.get(dest, dest).exists():

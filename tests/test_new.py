@@ -40,12 +40,12 @@ def tree(root: Path) -> list[str]:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
     root = checkout(tmp_path)
-    made = run_in(root, "new", "hw9", "--kind", kind, "--title", "HW9 scaffold")
+    made = run_in(root, "new", "hw9", "--kind", kind, "--title", 'HW9 "scaffold"')
     assert made.returncode == 0, made.stderr
     for path in ("hw/hw9/__init__.py", "hw/hw9/data.py", "hw/hw9/model.py", "hw/hw9/task.py",
                  "configs/hw9.toml", "configs/hw9_cpu.toml", "tests/test_hw9.py"):
         assert (root / path).is_file(), path
-    assert "hw9    HW9 scaffold" in run_in(root, "list").stdout  # discovered, no table edited
+    assert 'hw9    HW9 "scaffold"' in run_in(root, "list").stdout  # discovered, no table edited
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff:  # the generated code meets this repository's lint rules
         lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"),
