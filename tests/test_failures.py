@@ -226,7 +226,8 @@ def test_a_user_error_is_one_line_exit_2_and_leaves_nothing(ws, capsys, setup, a
 
 def test_a_diverging_model_leaves_its_run_but_no_submission(ws, capsys):
     code = main([*TRAIN, "--set", "model.arch=mlp", "--set", "trainer.batch_size=256",
-                 "--set", "optim.name=sgd", "--set", "optim.lr=1e6", "--set", "data.normalize=false"])
+                 "--set", "optim.name=sgd", "--set", "optim.lr=1e6",
+                 "--set", "data.normalize=false"])
     err = capsys.readouterr().err
     assert code == 2 and "error: " in err and "new/pred.csv: prediction for id" in err
     assert err.strip().splitlines()[-1].startswith("error: ")
