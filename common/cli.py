@@ -188,14 +188,18 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
                     "run's trainer.monitor)")
     cp.add_argument("--out", metavar="FILE", help="the PNG (default: compare.png here)")
     nw = sub.add_parser("new", help="scaffold a new homework package that trains on demo data",
-                        description="Write hw/NAME/ (data.py, model.py, task.py, the HOMEWORK "
-                        "entry), configs/NAME.toml and NAME_cpu.toml and tests/test_NAME.py; "
+                        description="Write hw/NAME/ (or hw/PKG/: data.py, model.py, "
+                        "task.py, the HOMEWORK entry), configs/NAME.toml and NAME_cpu.toml "
+                        "and tests/test_NAME.py; "
                         "`NAME train --demo` works right after. Writes nothing if any of them "
                         "exists.")
     nw.add_argument("name", metavar="NAME", help="the homework's command name, e.g. hw8")
     nw.add_argument("--kind", required=True, choices=tuple(KINDS),
                     help="the task's shape")
     nw.add_argument("--title", default="", help="one line for `list`")
+    nw.add_argument("--package", default="", metavar="PKG",
+                    help="the package's folder name under hw/ (default: NAME), e.g. "
+                    "hw8_anomaly for the command hw8")
     nw.add_argument("--root", default=str(REPO_ROOT), metavar="DIR",
                     help="the checkout to write into (default: this one)")
     for name in tasks:
@@ -395,7 +399,7 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
     try:
         if args.task == "new":
             written = new(args.name, args.kind, Path(args.root), taken=set(tasks),
-                          title=args.title)
+                          title=args.title, package=args.package)
             for path in written:
                 say(f"wrote {path}")
             say(f"next: python scripts/run.py {args.name} train --demo; "

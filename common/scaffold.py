@@ -43,12 +43,13 @@ _CLASSIFICATION = {
     "submitted": "outputs.argmax(-1).numpy()",
     "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
 }
-KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION}
+_IMAGES = {"template": "images"}
+KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION, "images": _IMAGES}
 
 
-def targets(root: Path, name: str) -> dict[str, Path]:
-    """Template file -> where it goes."""
-    package = root / "hw" / name
+def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
+    """Template file -> where it goes (the package folder is hw/<package or name>)."""
+    package = root / "hw" / (package or name)
     return {"__init__.py.tmpl": package / "__init__.py", "data.py.tmpl": package / "data.py",
             "model.py.tmpl": package / "model.py", "task.py.tmpl": package / "task.py",
             "config.toml.tmpl": root / "configs" / f"{name}.toml",
@@ -56,38 +57,46 @@ def targets(root: Path, name: str) -> dict[str, Path]:
             "test.py.tmpl": root / "tests" / f"test_{name}.py"}
 
 
-def check_name(name: str, root: Path, taken: set[str]) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
-        raise UserError(f"new: {name!r} is not a lower-case Python identifier (letters, digits "
-                        "and _, not starting with a digit); try e.g. hw8")
+def check_name(name: str, root: Path, taken: set[str], package: str = "") -> None:
+    for what in dict.fromkeys((name, package or name)):
+        if not what.isidentifier() or keyword.iskeyword(what) or what != what.lower():
+            raise UserError(f"new: {what!r} is not a lower-case Python identifier (letters, "
+                            "digits and _, not starting with a digit); try e.g. hw8")
     if name in taken:
         raise UserError(f"new: a homework named {name!r} exists already; choose another name")
-    for path in targets(root, name).values():
+    for path in targets(root, name, package).values():
         if path.exists() or (path.name == "__init__.py" and path.parent.exists()):
             where = path.parent if path.name == "__init__.py" else path
             raise UserError(f"new: {where} exists already; choose another name or move it away")
 
 
+def template(kind: str, name: str) -> Path:
+    """The kind's own template file, else the one every kind shares."""
+    own = TEMPLATES / KINDS[kind]["template"] / name
+    return own if own.is_file() else TEMPLATES / "shared" / name
+
+
 def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
-        title: str = "") -> list[Path]:
-    """Write the package, configs and test of a new homework; returns the files written."""
+        title: str = "", package: str = "") -> list[Path]:
+    """Write the package (hw/<package or name>/), configs and test of a new homework named
+    `name` on the command line; returns the files written."""
     if kind not in KINDS:
         raise UserError(f"new: --kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
     root = Path(root)
-    check_name(name, root, set(taken))
+    check_name(name, root, set(taken), package)
+    package = package or name
     title = title or f"{name.upper()} ({kind})"
-    values = {**KINDS[kind], "name": name, "kind": kind,
+    values = {**KINDS[kind], "name": name, "kind": kind, "package": package,
               "Class": "".join(part.capitalize() for part in name.split("_")) or name,
               "title": title.replace("\\", "/").replace('"', "'"),  # safe in a docstring
               "title_literal": repr(title)}
-    folder = TEMPLATES / values["template"]
-    places = targets(root, name)
-    package = root / "hw" / name
+    places = targets(root, name, package)
+    folder = root / "hw" / package
     stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
     try:
         staged = {}
-        for template, dest in places.items():
-            text = string.Template((folder / template).read_text()).substitute(values)
+        for source, dest in places.items():
+            text = string.Template(template(kind, source).read_text()).substitute(values)
             staged[dest] = stage / dest.relative_to(root)
             staged[dest].parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -97,9 +106,9 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
         for part in ("hw", "configs", "tests"):
             (root / part).mkdir(exist_ok=True)
         for dest in places.values():
-            if dest.parent != package:
+            if dest.parent != folder:
                 shutil.move(staged[dest], dest)
-        shutil.move(stage / "hw" / name, package)
+        shutil.move(stage / "hw" / package, folder)
     except BaseException:
         for dest in places.values():  # undo the moves made so far
             if dest.exists() and not staged.get(dest, dest).exists():

@@ -40,17 +40,20 @@ def tree(root: Path) -> list[str]:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
     root = checkout(tmp_path)
-    made = run_in(root, "new", "hw9", "--kind", kind, "--title", 'HW9 "scaffold"')
+    package = "hw9_pkg" if kind == "images" else "hw9"  # --package: a folder name of its own
+    made = run_in(root, "new", "hw9", "--kind", kind, "--title", 'HW9 "scaffold"',
+                  "--package", package)
     assert made.returncode == 0, made.stderr
-    for path in ("hw/hw9/__init__.py", "hw/hw9/data.py", "hw/hw9/model.py", "hw/hw9/task.py",
+    for path in (f"hw/{package}/__init__.py", f"hw/{package}/data.py",
+                 f"hw/{package}/model.py", f"hw/{package}/task.py",
                  "configs/hw9.toml", "configs/hw9_cpu.toml", "tests/test_hw9.py"):
         assert (root / path).is_file(), path
     assert 'hw9    HW9 "scaffold"' in run_in(root, "list").stdout  # discovered, no table edited
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff:  # the generated code meets this repository's lint rules
         lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"),
-                               "hw/hw9", "tests/test_hw9.py"], capture_output=True, text=True,
-                              cwd=root)
+                               f"hw/{package}", "tests/test_hw9.py"], capture_output=True,
+                              text=True, cwd=root)
         assert lint.returncode == 0, lint.stdout
     dry = run_in(root, "hw9", "train", "--demo", "--dry-run", "--out", str(tmp_path / "dry"))
     assert dry.returncode == 0, dry.stderr
@@ -75,8 +78,9 @@ def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
     for name, words in (("9hw", "not a lower-case Python identifier"),
                         ("class", "not a lower-case Python identifier"),
                         ("Hw9", "not a lower-case Python identifier"),
+                        ("hw10 --package 8x", "'8x' is not a lower-case Python identifier"),
                         ("hw9", "configs/hw9.toml exists already")):
-        result = run_in(root, "new", name, "--kind", "regression")
+        result = run_in(root, "new", *name.split(), "--kind", "regression")
         assert result.returncode == 2 and words in result.stderr, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert tree(root) == before and (root / "configs" / "hw9.toml").read_text() == "# mine\n"
