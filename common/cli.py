@@ -117,9 +117,11 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
         "without retraining, and write one submission.")
     en.add_argument("members", nargs="+", metavar="RUN_DIR",
                     help="run, k-fold or fold directories (or test_outputs.pt files)")
-    en.add_argument("--method", choices=("mean-prob", "mean-logit", "vote", "mean"),
+    en.add_argument("--method", choices=("mean-prob", "mean-logit", "vote", "mean", "rank",
+                                          "zscore"),
                     help="classes: mean-prob (default), mean-logit or vote (ties: summed "
-                    "probability, then lowest class); regression: mean")
+                    "probability, then lowest class); regression: mean; anomaly scores: rank "
+                    "(default), zscore or mean")
     en.add_argument("--weights", type=float, nargs="+", metavar="W",
                     help="one weight per member (normalised; default equal)")
     en.add_argument("--data", metavar="DIR", help="data folder (default: the first member's)")

@@ -2,7 +2,9 @@
 
 Fusable kinds: class outputs are logits (N, C); regression outputs are values of any shape;
 span outputs are one {span: score} dict per item (question), scores being log-probabilities
-(fused: the weighted mean probability).
+(fused: the weighted mean probability); score outputs (anomaly scores, graded by their order
+alone, e.g. ROC AUC) are fused as the weighted mean of each member's ranks scaled to 0..1
+(rank), of its z-scores (zscore) or of the raw scores (mean).
 A fused output is again of its kind (fused classes: the log of the fused probabilities), so
 fused outputs can be fused once more. Other kinds (text, token ids, images) cannot be fused.
 """
@@ -19,9 +21,11 @@ import torch
 from common.batches import to_cpu
 from common.checkpoint import load_torch_file, save_torch_file
 from common.errors import UserError
+from common.ranking import average_ranks
 
 CLASS_METHODS = ("mean-prob", "mean-logit", "vote")
-FUSABLE = ("values", "logits", "spans")
+SCORE_METHODS = ("rank", "zscore", "mean")
+FUSABLE = ("values", "logits", "spans", "scores")
 OUTPUTS_FILE = "test_outputs.pt"
 
 
@@ -73,10 +77,29 @@ def fuse_spans(outputs: Sequence[list[dict]], w: torch.Tensor) -> list[dict]:
     return fused
 
 
+def fuse_scores(outputs: Sequence[torch.Tensor], stacked_w: torch.Tensor,
+                method: str) -> torch.Tensor:
+    """Scores whose scales differ between members (one model's squared errors, another's
+    distances) put on one scale before the weighted mean: ranks / n (0..1], z-scores, or
+    none (mean)."""
+    if method not in SCORE_METHODS:
+        raise UserError(f"--method {method}: scores are fused by {', '.join(SCORE_METHODS)}")
+    scaled = []
+    for o in outputs:
+        o = o.double()
+        if method == "rank":
+            o = average_ranks(o).view(o.shape) / o.numel()
+        elif method == "zscore":
+            o = (o - o.mean()) / o.std().clamp_min(1e-12)
+        scaled.append(o)
+    return (torch.stack(scaled) * stacked_w).sum(0).float()
+
+
 def fuse(outputs: Sequence, *, kind: str, method: str | None = None,
          weights: Sequence[float] | torch.Tensor | None = None):
     """Fuse member outputs. kind 'logits': mean-prob (default), mean-logit or vote;
-    kind 'values' (regression): the weighted mean; kind 'spans': the weighted mean probability."""
+    kind 'values' (regression): the weighted mean; kind 'spans': the weighted mean probability;
+    kind 'scores': rank (default), zscore or mean."""
     if not outputs:
         raise UserError("nothing to fuse: no member outputs")
     check_fusable(kind)
@@ -91,6 +114,8 @@ def fuse(outputs: Sequence, *, kind: str, method: str | None = None,
                         "trained on the same data?")
     w = w.double()
     stacked_w = w.view(-1, *([1] * outputs[0].dim()))
+    if kind == "scores":
+        return fuse_scores(outputs, stacked_w, method or "rank")
     if kind == "values":
         if method not in (None, "mean"):
             raise UserError(f"--method {method}: regression outputs are averaged; use mean")

@@ -169,6 +169,15 @@ def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 256
     return mean.tolist(), std.tolist()
 
 
+def gather_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] as a new contiguous array, read in ascending row order (a memory map is
+    read about 2x faster that way) and put back in the order asked for."""
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+    out[order] = array[rows[order]]
+    return out
+
+
 class ImageDataset(Dataset):
     """Rows `rows` of a (N, S, S, 3) uint8 image array, as (B, 3, s, s) uint8 batches, with
     labels if given. The loader hands over a whole batch of positions (no per-item fetch, no
@@ -213,8 +222,7 @@ class ImageDataset(Dataset):
         i = torch.as_tensor(i)  # a batch of positions, or one
         rows = np.atleast_1d(self.rows[i.numpy()])
         if self.transform is None:
-            x = self._centre(torch.from_numpy(np.ascontiguousarray(self.array[rows]))
-                             .permute(0, 3, 1, 2))
+            x = self._centre(torch.from_numpy(gather_rows(self.array, rows)).permute(0, 3, 1, 2))
         else:
             x = torch.stack([self.augmented(int(r)) for r in rows])
         x = x if i.dim() else x[0]

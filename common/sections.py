@@ -37,8 +37,10 @@ class KFoldConfig:
     # classes, else kfold)
     split: str = option("auto", choices=("auto", "kfold", "stratified", "group"))
     seed: int = 0                     # shuffles the folds
-    # fusion of the fold models: mean-prob (default), mean-logit or vote; regression: mean
-    method: str = option("", choices=("", "mean-prob", "mean-logit", "vote", "mean"))
+    # fusion of the fold models: mean-prob (default), mean-logit or vote; regression: mean;
+    # anomaly scores: rank (default), zscore or mean
+    method: str = option("", choices=("", "mean-prob", "mean-logit", "vote", "mean", "rank",
+                                      "zscore"))
     vary_seed: bool = True            # fold k trains with trainer.seed + k - 1
 
 

@@ -16,6 +16,7 @@ from common.errors import UserError
 from common.mix import MixConfig, classification_loss
 from common.objective import Objective
 from common.optim import OptimConfig, SchedConfig
+from common.ranking import roc_auc
 from common.sections import DataConfig, KFoldConfig, PredictConfig, TuneConfig
 from common.trainer import TrainerConfig
 
@@ -35,7 +36,8 @@ class Task(Objective):
     demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
                                           # summary a --demo run ends with
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
-                                            # dim) | spans (per item {span: score}): fusable;
+                                            # dim) | spans (per item {span: score}) | scores
+                                            # (anomaly scores, only their order counts): fusable;
                                             # any other name (text, tokens, images) is not
     num_classes: ClassVar[int] = 0          # fixed class count; class_count() may read state
 
@@ -128,7 +130,8 @@ class Task(Objective):
     def demo_score(cls, submission: Path, data_dir: Path, config: Config
                    ) -> dict[str, float] | None:
         """The submission's score against the demo data's answer key (`demo_answers`, a file
-        beside the data in the submission's format): mse for values, accuracy otherwise.
+        beside the data in the submission's format): mse for values, ROC AUC for scores (the
+        key's second column 1 for an anomaly, 0 for a normal item), accuracy otherwise.
         `config` is the run's resolved config."""
         key = Path(data_dir) / cls.demo_answers
         if not cls.demo_answers or not key.is_file():
@@ -137,6 +140,8 @@ class Task(Objective):
         got = pd.read_csv(submission, dtype=str).iloc[:, 1]
         if cls.output_kind == "values":
             return {"mse": float(((got.astype(float) - truth.astype(float)) ** 2).mean())}
+        if cls.output_kind == "scores":
+            return {"auc": roc_auc(got.astype(float).to_numpy(), truth.astype(int).to_numpy())}
         return {"em" if cls.output_kind == "spans" else "acc": float((got == truth).mean())}
 
 
