@@ -1,10 +1,10 @@
-"""Reading hw8's images and writing its demo data.
+"""Reading HW8's face arrays, its synthetic validation anomalies, and its demo data.
 
-The layout (change it to the assignment's): `train/<class>/<id>.png` (one folder per class,
-named by its label; .jpg, .jpeg, .bmp and .webp too) and `test/<id>.png`. Images are decoded and
-resized once into a uint8 (N, S, S, 3) array by `common.images.load_images`, kept on disk under
-`data.cache_dir` and memory-mapped when read back. Every problem with a file is one `UserError`
-naming it (the command line turns that into one line, exit 2).
+Kaggle's layout (`ml2022spring-hw8`, data.zip): `data/trainingset.npy` (100000, 64, 64, 3) and
+`data/testingset.npy` (19636, 64, 64, 3), RGB faces in 0..255 (uint8; any numeric dtype in that
+range is accepted). The arrays are memory-mapped, never read whole: a batch gathers its rows
+from the page cache (scripts/bench/hw8_pipeline.py). Every problem with a file is one
+`UserError` naming it (the command line turns that into one line, exit 2).
 """
 
 from __future__ import annotations
@@ -13,88 +13,188 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
+from common.data import find_root_or_child
 from common.errors import UserError
-from common.images import image_files, load_images
-from common.io import write_csv_atomic
+from common.images import gather_rows
+from common.io import atomic_write, write_csv_atomic
+from common.runtime import derive_seed
 
-TRAIN, TEST = "train", "test"
-DEMO_ANSWERS = "demo_test_answers.csv"   # the demo test set's answer key, for `--demo` scores
-SHAPES = ("circle", "square", "triangle")  # the demo's classes
+TRAIN, TEST = "trainingset.npy", "testingset.npy"
+DEMO_ANSWERS = "demo_test_answers.csv"   # the demo test set's answer key (ID, 1 = anomaly)
+ANOMALY_KINDS = ("patch", "channels", "upside_down", "noise", "blocks")  # validation's recipe
+DEMO_ANOMALIES = ("shapes", "colour", "corrupt")                          # the demo test's
 
 
 @dataclass
 class Images:
-    array: np.ndarray                # (N, S, S, 3) uint8, memory-mapped when cached
-    ids: list[str]                   # file names without suffix: the submission's ids
-    labels: np.ndarray | None        # int64 class index per image (training images)
-    classes: list[str]               # class names, the index's meaning
+    array: np.ndarray                # (N, S, S, 3), memory-mapped
+    ids: list[int]                   # 0..N-1: the submission's IDs
 
 
-def _folder(data_dir: Path, name: str) -> Path:
-    folder = Path(data_dir) / name
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found (expected {TRAIN}/<class>/ and {TEST}/ in "
-                        "the data folder)")
-    return folder
+def read_faces(path: Path) -> np.ndarray:
+    """A (N, S, S, 3) array of pixels in 0..255, memory-mapped; one line if it is not one."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (expected {TRAIN} and {TEST}, as in Kaggle's "
+                        "data.zip)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable .npy array ({str(exc).strip()[:80]}); "
+                        "re-download it") from None
+    if array.ndim != 4 or array.shape[3] != 3 or array.shape[1] != array.shape[2] \
+            or array.shape[0] == 0 or array.shape[1] < 8:
+        raise UserError(f"{path}: shape {array.shape}, expected (images, side, side, 3) RGB "
+                        "images; re-download it")
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "iuf":
+            raise UserError(f"{path}: dtype {array.dtype}, expected uint8 pixels (0..255)")
+        for start in range(0, len(array), 4096):   # chunks: memory stays small
+            block = np.asarray(array[start:start + 4096])
+            if not np.isfinite(block).all() or block.min() < 0 or block.max() > 255:
+                raise UserError(f"{path}: pixel values outside 0..255 (images "
+                                f"{start}..{start + len(block) - 1}); re-download it")
+    return array
 
 
-def load_train(data_dir: Path, size: int, cache_dir: str = "") -> Images:
-    root = _folder(data_dir, TRAIN)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise UserError(f"{root}: needs one sub-folder of images per class, at least two")
-    files, labels = [], []
-    for k, name in enumerate(classes):
-        found = image_files(root / name)
-        if not found:
-            raise UserError(f"{root / name}: no images in this class folder")
-        files += found
-        labels += [k] * len(found)
-    cached = load_images(files, size, cache_dir=cache_dir or None, desc="train")
-    return Images(cached.array, [f.stem for f in files], np.array(labels, dtype=np.int64),
-                  classes)
+def find_data(data_dir: Path) -> Path:
+    return find_root_or_child(data_dir, (TRAIN,), f"no {TRAIN} here or in a sub-folder",
+                              hint="point --data at the unzipped data/ folder")
 
 
-def load_test(data_dir: Path, size: int, classes: list[str], cache_dir: str = "") -> Images:
-    folder = _folder(data_dir, TEST)
-    files = image_files(folder)
-    if not files:
-        raise UserError(f"{folder}: no test images")
-    cached = load_images(files, size, cache_dir=cache_dir or None, desc="test")
-    return Images(cached.array, [f.stem for f in files], None, classes)
+def load_train(data_dir: Path) -> Images:
+    array = read_faces(find_data(data_dir) / TRAIN)
+    return Images(array, list(range(len(array))))
 
 
-def demo_image(rng: np.random.Generator, shape: str, size: int = 32):
-    """A coloured shape of random size and place on a random background, with pixel noise."""
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 100, 3)))
-    draw = ImageDraw.Draw(im)
-    r = rng.uniform(0.25, 0.4) * size
-    cx, cy = rng.uniform(r, size - r, 2)
-    fill = tuple(int(c) for c in rng.integers(150, 256, 3))   # light on dark
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
-        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    noisy = np.asarray(im, dtype=np.int16) + rng.integers(-20, 21, (size, size, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+def load_test(data_dir: Path, side: int) -> Images:
+    path = find_data(data_dir) / TEST
+    array = read_faces(path)
+    if array.shape[1] != side:
+        raise UserError(f"{path}: images of {array.shape[1]} pixels, the training images have "
+                        f"{side}")
+    return Images(array, list(range(len(array))))
 
 
-def write_demo_data(dest: Path, *, n_train: int = 800, n_test: int = 200, seed: int = 0) -> Path:
-    """Images of three shapes in the layout above (PNG), and the test set's answer key."""
+# ------------------------------------------------------------------ synthetic anomalies
+def synthetic_anomaly(image: np.ndarray, seed: int) -> np.ndarray:
+    """A corrupted copy of one HWC uint8 face, a pure function of (image, seed): one of
+    ANOMALY_KINDS, drawn from the seed -
+    patch: a square of 25-45% of the side copied from elsewhere in the image (a misplaced part);
+    channels: the colour channels permuted (never the identity);
+    upside_down: flipped vertically;
+    noise: Gaussian pixel noise of standard deviation 25-60;
+    blocks: 2-4 rectangles of one random colour each, 15-30% of the side."""
     rng = np.random.default_rng(seed)
-    dest = Path(dest)
-    answers = []
-    for i in range(n_train + n_test):
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        folder = dest / TRAIN / shape if i < n_train else dest / TEST
-        folder.mkdir(parents=True, exist_ok=True)
-        demo_image(rng, shape).save(folder / f"{i:05d}.png")
-        if i >= n_train:
-            answers.append((f"{i:05d}", shape))
-    write_csv_atomic(dest / DEMO_ANSWERS, ("id", "label"), answers)
-    return dest
+    kind = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
+    out = np.array(image, dtype=np.uint8, copy=True)
+    side = out.shape[0]
+    if kind == "patch":
+        size = max(2, int(side * rng.uniform(0.25, 0.45)))
+        (y0, x0), (y1, x1) = rng.integers(0, side - size + 1, (2, 2))
+        out[y0:y0 + size, x0:x0 + size] = np.asarray(image)[y1:y1 + size, x1:x1 + size]
+        if (y0, x0) == (y1, x1):
+            out[y0:y0 + size, x0:x0 + size] = out[y0:y0 + size, x0:x0 + size][::-1]
+    elif kind == "channels":
+        orders = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+        out = out[..., list(orders[int(rng.integers(len(orders)))])]
+    elif kind == "upside_down":
+        out = out[::-1]
+    elif kind == "noise":
+        noisy = out.astype(np.float32) + rng.normal(0, rng.uniform(25, 60), out.shape)
+        out = np.clip(noisy, 0, 255).astype(np.uint8)
+    else:
+        for _ in range(int(rng.integers(2, 5))):
+            h, w = (side * rng.uniform(0.15, 0.3, 2)).astype(int) + 1
+            y, x = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+            out[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+    return np.ascontiguousarray(out)
+
+
+class AnomalyPairs(Dataset):
+    """Validation without labels: item i is (normal face `rows[i]`, its synthetic anomaly,
+    targets [0, 1]) as uint8 CHW tensors; the anomaly is seeded by (seed, row), so a row's
+    anomaly is the same in every epoch, run, fold and process. Batched: the loader hands over
+    a whole batch of positions."""
+
+    batched_indexing = True
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, seed: int):
+        self.array, self.rows, self.seed = array, np.asarray(rows, dtype=np.int64), seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        i = torch.as_tensor(i)
+        rows = np.atleast_1d(self.rows[i.numpy()])
+        normal = gather_rows(self.array, rows).astype(np.uint8, copy=False)
+        odd = np.stack([synthetic_anomaly(img, derive_seed(self.seed, int(r)))
+                        for img, r in zip(normal, rows, strict=True)])
+        pair = [torch.from_numpy(a).permute(0, 3, 1, 2) for a in (normal, odd)]
+        target = torch.tensor([[0.0, 1.0]]).expand(len(rows), 2)
+        if not i.dim():
+            return pair[0][0], pair[1][0], target[0]
+        return pair[0], pair[1], target
+
+
+# ------------------------------------------------------------------------- demo data
+def demo_anomaly(rng: np.random.Generator, kind: str, size: int):
+    """A demo test anomaly: shapes (a scene of coloured geometric shapes, no face), colour (a
+    face with its hue turned: channels rotated, half of them inverted), corrupt (a face under
+    thick random lines, its upper half blurred)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    from hw.hw6_gan.data import demo_face
+
+    if kind == "shapes":
+        im = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(100, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 5))):
+            x, y = rng.uniform(0, size, 2)
+            r = rng.uniform(0.1, 0.3) * size
+            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
+                [x - r, y - r, x + r, y + r], fill=fill)
+        return im
+    face = demo_face(rng, size)
+    if kind == "colour":
+        pixels = np.asarray(face)[..., [2, 0, 1]]
+        return Image.fromarray((255 - pixels) if rng.random() < 0.5 else pixels)
+    draw = ImageDraw.Draw(face)
+    for _ in range(int(rng.integers(2, 5))):
+        draw.line([tuple(rng.uniform(0, size, 2)), tuple(rng.uniform(0, size, 2))],
+                  fill=tuple(int(c) for c in rng.integers(0, 256, 3)), width=int(size / 16))
+    half = face.crop((0, 0, size, size // 2)).filter(ImageFilter.GaussianBlur(size / 24))
+    face.paste(half, (0, 0))
+    return face
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path, "wb") as fh:
+        np.save(fh, array)
+
+
+def write_demo_data(dest: Path, *, n_train: int = 1500, n_normal: int = 150,
+                    n_anomalies: int = 150, size: int = 64, seed: int = 8) -> Path:
+    """dest/data/{trainingset,testingset}.npy in Kaggle's layout: normal faces from HW6's demo
+    face generator, and a test set of normal faces mixed with anomalies of DEMO_ANOMALIES
+    (equal shares), with its answer key."""
+    from hw.hw6_gan.data import demo_face
+
+    rng = np.random.default_rng(seed)
+    folder = Path(dest) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    faces = np.stack([np.asarray(demo_face(rng, size)) for _ in range(n_train + n_normal)])
+    odd = np.stack([np.asarray(demo_anomaly(rng, DEMO_ANOMALIES[i % len(DEMO_ANOMALIES)], size))
+                    for i in range(n_anomalies)])
+    test = np.concatenate([faces[n_train:], odd])
+    label = np.r_[np.zeros(n_normal, np.int64), np.ones(n_anomalies, np.int64)]
+    order = rng.permutation(len(test))
+    _save(folder / TRAIN, faces[:n_train])
+    _save(folder / TEST, test[order])
+    write_csv_atomic(Path(dest) / DEMO_ANSWERS, ("ID", "label"),
+                     enumerate(label[order].tolist()))
+    return Path(dest)

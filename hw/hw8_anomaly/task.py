@@ -1,23 +1,16 @@
-"""HW8 face anomaly detection with autoencoders (ml2022spring-hw8): the task's hooks.
+"""HW8 face anomaly detection with autoencoders: the task's hooks.
 
-Made by `new --kind images`. What to change for what:
-
-- the data files' layout: `data.py` (`load_train`, `load_test`, and `write_demo_data` for
-  `--demo`);
-- the augmentation: `train_transform` (torchvision v2 on each HWC uint8 image; test-time
-  augmentation, `predict.tta`, reuses it), its options in `Hw8DataConfig`;
-- the inputs' scaling: `make_datasets` fits the per-channel mean and std on the training part
-  (saved in `state_dict`, so `predict` reproduces it from the checkpoint);
-- the network: `model.py` (`ARCHS`), its options in `Hw8ModelConfig`;
-- the loss and the metrics: `loss` and `metrics` (cross-entropy and accuracy come from
-  ClassificationTask);
-- the submission file: `header`, `submission_name` and `write_submission`.
-The engine does the rest (loops, optimizer, checkpoints, k-fold, ensembles, tuning).
-"""
+Made by `new --kind images` (git log shows what changed since). A model learns to rebuild the
+normal training faces; an image's anomaly score is its reconstruction error, the square root of
+the summed squared error over its pixels (as the course). There are no labels to validate
+with, so the validation part holds out normal faces and pairs each with a synthetic anomaly
+made from it (`data.synthetic_anomaly`, seeded by data.anomaly_seed and the image); `valid_auc`
+is the ROC AUC of the scores on those pairs, and `best.pt` is the checkpoint that ranks them
+best. Scores fuse (k-fold, ensembles, TTA) by rank, z-score or mean (`kfold.method`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,117 +19,126 @@ from torch import nn
 from torchvision.transforms import v2
 
 from common.config import option
-from common.errors import UserError
-from common.images import ImageDataset, channel_stats
+from common.images import ImageDataset
+from common.ranking import roc_auc
 from common.sections import DataConfig
 from common.submission import write_submission
-from common.task import ClassificationTask
+from common.task import Task
 from hw.hw8_anomaly import data
-from hw.hw8_anomaly.model import ARCHS
+from hw.hw8_anomaly.model import ARCHS, scaled
 
 
 @dataclass
 class Hw8DataConfig(DataConfig):
-    image_size: int = option(32, min=8)     # pixels per side the images are resized to
-    cache_dir: str = ".cache/images"        # where decoded images are kept; "": memory only
-    augment: bool = True                    # the training transform below; false: none
-    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])  # RandomResizedCrop
-    flip: bool = True                       # random horizontal flips
+    valid_ratio: float = option(0.05, min=0.0, below=1.0)  # normal faces held out for valid_auc
+    anomaly_seed: int = 8                   # the synthetic anomalies' seed (with the image's row)
+    flip: bool = False                      # random horizontal flips of the training faces
 
 
 @dataclass
 class Hw8ModelConfig:
-    arch: str = option("cnn", choices=ARCHS.names())
-    widths: list[int] = option(factory=lambda: [32, 64, 128], min=1)  # one block per width
-    dropout: float = option(0.0, min=0.0, below=1.0)
-    label_smoothing: float = option(0.0, min=0.0, below=1.0)
+    arch: str = option("fcn", choices=ARCHS.names())
+    hidden: list[int] = option(factory=lambda: [1024, 256, 64], min=1)  # fcn: code widths
+    widths: list[int] = option(factory=lambda: [32, 64, 128, 256], min=1)  # conv/vae/resae
+    latent: int = option(128, min=1)        # resae: the bottleneck's width
+    noise: float = option(0.0, min=0.0)     # training inputs + N(0, noise^2) (in [-1, 1] units)
+    kl_weight: float = option(1.0, min=0.0)  # vae: loss = mse + kl_weight * mean KL per image
 
 
-class Hw8Task(ClassificationTask):
+class Hw8Task(Task):
     name = "hw8"
     data_config = Hw8DataConfig
     model_config = Hw8ModelConfig
     submission_name = "submission.csv"
-    header = ("id", "label")
+    kaggle_competition = "ml2022spring-hw8"
+    download_hint = "kaggle competitions download -c ml2022spring-hw8 (then unzip data.zip)"
+    header = ("ID", "score")
+    output_kind = "scores"
+    higher_is_better = ("auc",)
     demo_answers = data.DEMO_ANSWERS
-    demo_config = "hw8_cpu"          # the recipe `--demo` runs
+    demo_config = "hw8_cpu"             # the recipe `--demo` runs
+    demo_baseline = "auc 0.4416 (configs/hw8_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)
-        self.classes: list[str] = []          # the training folders' class names
-        self.mean, self.std = [0.0] * 3, [255.0] * 3   # fitted on the training images
-
-    def class_count(self) -> int:
-        return len(self.classes)
+        self.side = 0                       # the training faces' side in pixels
 
     # --- data -----------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> data.Images:
-        cfg = self.config["data"]
-        images = data.load_train(data_dir, cfg.image_size, cfg.cache_dir)
-        self.classes = images.classes
-        return images
+        faces = data.load_train(data_dir)
+        self.side = faces.array.shape[1]
+        return faces
 
     def load_test(self, data_dir: Path) -> data.Images:
-        cfg = self.config["data"]
-        return data.load_test(data_dir, cfg.image_size, self.classes, cfg.cache_dir)
+        return data.load_test(data_dir, self.side)
 
-    def num_train(self, images: data.Images) -> int:
-        return len(images.ids)
+    def num_train(self, faces: data.Images) -> int:
+        return len(faces.ids)
 
-    def fold_labels(self, images: data.Images) -> np.ndarray:
-        return images.labels   # stratified folds
+    def make_datasets(self, faces, train_idx, valid_idx):
+        flip = v2.Compose([v2.ToImage(), v2.RandomHorizontalFlip()]) \
+            if self.config["data"].flip else None
+        train = ImageDataset(faces.array, np.asarray(train_idx), transform=flip,
+                             seed=self.config["trainer"].seed)
+        return train, (self.labelled_dataset(faces, valid_idx) if len(valid_idx) else None)
 
-    def _dataset(self, images: data.Images, idx, transform=None) -> ImageDataset:
-        idx = np.asarray(idx, dtype=np.int64)
-        labels = None if images.labels is None else torch.from_numpy(images.labels[idx])
-        return ImageDataset(images.array, idx, labels, transform=transform,
-                            seed=self.config["trainer"].seed)
+    def labelled_dataset(self, faces, idx):
+        """Held-out normal faces paired with their synthetic anomalies (targets [0, 1])."""
+        return data.AnomalyPairs(faces.array, idx, self.config["data"].anomaly_seed)
 
-    def make_datasets(self, images, train_idx, valid_idx):
-        self.mean, self.std = channel_stats(images.array, np.asarray(train_idx))
-        valid = self._dataset(images, valid_idx) if len(valid_idx) else None
-        return self._dataset(images, train_idx, self.train_transform()), valid
+    def make_test_dataset(self, faces):
+        return ImageDataset(faces.array, np.arange(len(faces.ids)))
 
-    def labelled_dataset(self, images, idx):
-        return self._dataset(images, idx)
+    # --- objective ------------------------------------------------------------------------
+    def forward(self, model: nn.Module, batch):
+        """(reconstruction, KL per image, the clean input in [-1, 1]); training inputs get
+        model.noise Gaussian noise (a denoising autoencoder)."""
+        x = scaled(batch[0])
+        noise = self.config["model"].noise
+        seen = x + noise * torch.randn_like(x) if model.training and noise else x
+        recon, kl = model(seen)
+        return recon, kl, x
 
-    def make_test_dataset(self, images):
-        return self._dataset(images, np.arange(len(images.ids)))
+    def loss(self, output, batch) -> torch.Tensor:
+        recon, kl, x = output
+        loss = nn.functional.mse_loss(recon.float(), x)
+        if self.config["model"].arch == "vae":
+            loss = loss + self.config["model"].kl_weight * kl.float().mean()
+        return loss
 
-    def train_transform(self) -> v2.Compose | None:
-        """HWC uint8 array -> augmented CHW uint8 tensor; None when augmentation is off."""
-        cfg = self.config["data"]
-        if not cfg.augment:
-            return None
-        low, high = cfg.crop_scale if len(cfg.crop_scale) == 2 else (0, 0)
-        if not 0 < low <= high <= 1:
-            raise UserError(f"data.crop_scale={cfg.crop_scale}: give [min, max] with "
-                            "0 < min <= max <= 1")
-        steps = [v2.ToImage(), v2.RandomResizedCrop(cfg.image_size, scale=(low, high))]
-        if cfg.flip:
-            steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps)
+    @staticmethod
+    def errors(output) -> torch.Tensor:
+        """The anomaly score of each image: sqrt of its summed squared reconstruction error."""
+        recon, _, x = output
+        return (recon.float() - x).pow(2).flatten(1).sum(1).sqrt()
 
-    def tta_view(self, dataset: ImageDataset, view: int, seed: int) -> ImageDataset:
-        return dataset.with_transform(self.train_transform(), seed)
+    def validation_step(self, model, batch):
+        normal, odd, target = batch
+        output = self.forward(model, (normal,))
+        scores = torch.stack([self.errors(output),
+                              self.errors(self.forward(model, (odd,)))], dim=1)
+        return scores, target, self.loss(output, batch)
 
-    # --- fitted state -----------------------------------------------------------------------
+    def predict_step(self, model, batch):
+        return self.errors(self.forward(model, batch))
+
+    def metrics(self, outputs, targets, dataset=None) -> dict[str, float]:
+        return {"auc": roc_auc(outputs, targets)}
+
+    # --- fitted state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"classes": list(self.classes), "mean": self.mean, "std": self.std}
+        return {"side": self.side}
 
     def load_state_dict(self, state: dict) -> None:
-        self.classes = list(state["classes"])
-        self.mean, self.std = state["mean"], state["std"]
+        self.side = int(state["side"])
 
-    # --- model and submission -----------------------------------------------------------------
+    # --- model and submission -------------------------------------------------------------
     def build_model(self) -> nn.Module:
         cfg = self.config["model"]
-        return ARCHS.build(cfg.arch, cfg, classes=self.class_count(), mean=self.mean,
-                           std=self.std)
+        return ARCHS.build(cfg.arch, cfg, side=self.side)
 
-    def write_submission(self, images, outputs: torch.Tensor, path: Path) -> Path:
-        labels = [self.classes[k] for k in outputs.argmax(-1).tolist()]
-        return write_submission(path, self.header, images.ids, labels)
+    def write_submission(self, faces, outputs: torch.Tensor, path: Path) -> Path:
+        return write_submission(path, self.header, faces.ids, outputs.double().numpy())
 
     @classmethod
     def write_demo_data(cls, dest: Path) -> Path:
