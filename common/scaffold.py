@@ -43,8 +43,8 @@ _CLASSIFICATION = {
     "submitted": "outputs.argmax(-1).numpy()",
     "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
 }
-_IMAGES = {"template": "images"}
-KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION, "images": _IMAGES}
+KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION,
+         "images": {"template": "images"}, "sequence": {"template": "sequence"}}
 
 
 def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
