@@ -44,7 +44,8 @@ _CLASSIFICATION = {
     "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
 }
 KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION,
-         "images": {"template": "images"}, "sequence": {"template": "sequence"}}
+         "images": {"template": "images"}, "sequence": {"template": "sequence"},
+         "span": {"template": "span"}}
 
 
 def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:

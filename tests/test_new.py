@@ -16,7 +16,7 @@ from common.scaffold import KINDS
 from tests.conftest import ROOT, run_cli
 
 UNFUSABLE = {"sequence"}   # token predictions: k-fold refuses them
-TRAIN_ITEMS = {"regression": 800, "classification": 800, "images": 800}
+TRAIN_ITEMS = {"regression": 800, "classification": 800, "images": 800, "span": 800}
 
 
 def checkout(tmp_path: Path) -> Path:
@@ -71,7 +71,8 @@ def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
     else:
         assert folds.returncode == 0 and f"out-of-fold over all {TRAIN_ITEMS[kind]} items" \
             in folds.stderr, folds.stderr
-    study = run_in(root, "hw9", "tune", "--demo", "--trials", "2", "--out", str(tmp_path / "tu"))
+    study = run_in(root, "hw9", "tune", "--demo", "--dry-run", "--trials", "2", "--out",
+                   str(tmp_path / "tu"))
     assert study.returncode == 0 and "best: trial" in study.stdout, study.stderr
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             "tests/test_hw9.py"], capture_output=True, text=True, cwd=root,
