@@ -45,7 +45,7 @@ _CLASSIFICATION = {
 }
 KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION,
          "images": {"template": "images"}, "sequence": {"template": "sequence"},
-         "span": {"template": "span"}}
+         "span": {"template": "span"}, "gan": {"template": "gan"}}
 
 
 def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
