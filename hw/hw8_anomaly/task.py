@@ -6,7 +6,7 @@ the summed squared error over its pixels (as the course). There are no labels to
 with, so the validation part holds out normal faces and pairs each with a synthetic anomaly
 made from it (`data.synthetic_anomaly`, seeded by data.anomaly_seed and the image); `valid_auc`
 is the ROC AUC of the scores on those pairs, and `best.pt` is the checkpoint that ranks them
-best. Scores fuse (k-fold, ensembles, TTA) by rank, z-score or mean (`kfold.method`)."""
+best. Scores fuse (k-fold, ensembles) by rank, z-score or mean (`kfold.method`)."""
 
 from __future__ import annotations
 
