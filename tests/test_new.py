@@ -58,9 +58,7 @@ def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
                                f"hw/{package}", "tests/test_hw9.py"], capture_output=True,
                               text=True, cwd=root)
         assert lint.returncode == 0, lint.stdout
-    dry = run_in(root, "hw9", "train", "--demo", "--dry-run", "--out", str(tmp_path / "dry"))
-    assert dry.returncode == 0, dry.stderr
-    assert (tmp_path / "dry" / ("images.zip" if kind == "gan" else "submission.csv")).is_file()
+    # `train --demo --dry-run` with the _cpu recipe is the generated test's (run below)
     full = run_in(root, "hw9", "train", "--demo", "--dry-run", "--config", "configs/hw9.toml",
                   "--out", str(tmp_path / "full"))   # the full recipe's keys are valid too
     assert full.returncode == 0, full.stderr
