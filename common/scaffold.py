@@ -1,9 +1,10 @@
 """`new NAME --kind KIND`: a homework package that trains on its demo data at once.
 
-It writes hw/<name>/ (`__init__.py` with the HOMEWORK entry, `data.py`, `model.py`,
-`task.py`), configs/<name>.toml and configs/<name>_cpu.toml, and tests/test_<name>.py, from the
-templates in common/templates/. Nothing is written unless every target is free: the files are
-staged in a temporary folder under the root and moved into place at the end."""
+It writes hw/<name>/ (or hw/<package>/: `__init__.py` with the HOMEWORK entry, `data.py`,
+`model.py`, `task.py`), configs/<name>.toml and configs/<name>_cpu.toml, and
+tests/test_<name>.py, from the templates in common/templates/<kind's folder>/ (a file a kind
+lacks comes from common/templates/shared/). Nothing is written unless every target is free:
+the files are staged in a temporary folder under the root and moved into place at the end."""
 
 from __future__ import annotations
 
