@@ -1,8 +1,8 @@
 """`new NAME --kind KIND`: the scaffold trains at once, and a refused name writes nothing.
 
-Each kind is generated into a copy of the library (common/, scripts/, hw/__init__.py) in a
-temporary folder, as a user's checkout would get it; there `train --demo --dry-run` and the
-generated test must pass."""
+Every kind is generated into one copy of the library (common/, scripts/, hw/__init__.py) in a
+temporary folder, as a user's checkout would get it; there each is listed, meets the lint
+rules, runs its full recipe, folds (or refuses to) and tunes, and its generated tests pass."""
 
 import resource
 import shutil
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common.scaffold import KINDS
+from common.errors import UserError
+from common.scaffold import KINDS, new
 from tests.conftest import ROOT, run_cli
 
 UNFUSABLE = {"sequence", "gan"}   # tokens and images: k-fold refuses them
@@ -40,43 +41,65 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts)
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_new_package_trains_on_demo_data_and_its_test_passes(kind, tmp_path):
-    root = checkout(tmp_path)
-    package = "hw9_pkg" if kind == "images" else "hw9"  # --package: a folder name of its own
-    made = run_in(root, "new", "hw9", "--kind", kind, "--title", 'HW9 "scaffold"',
-                  "--package", package)
-    assert made.returncode == 0, made.stderr
-    for path in (f"hw/{package}/__init__.py", f"hw/{package}/data.py",
-                 f"hw/{package}/model.py", f"hw/{package}/task.py",
-                 "configs/hw9.toml", "configs/hw9_cpu.toml", "tests/test_hw9.py"):
-        assert (root / path).is_file(), path
-    assert 'hw9    HW9 "scaffold"' in run_in(root, "list").stdout  # discovered, no table edited
+NAMES = {kind: f"hw{9 + k}" for k, kind in enumerate(sorted(KINDS))}   # hw9, hw10, ...
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """One checkout holding a package of every kind (`images` under --package hw_pkg)."""
+    root = checkout(tmp_path_factory.mktemp("new"))
+    for kind, name in NAMES.items():
+        package = ["--package", "hw_pkg"] if kind == "images" else []
+        made = run_in(root, "new", name, "--kind", kind, "--title", f'{kind} "scaffold"',
+                      *package)
+        assert made.returncode == 0, made.stderr
+    return root
+
+
+def test_every_kind_is_discovered_and_meets_the_lint_rules(generated):
+    listed = run_in(generated, "list").stdout   # discovered: no table edited
+    for kind, name in NAMES.items():
+        assert f'{name:<6} {kind} "scaffold"' in listed, listed
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff:  # the generated code meets this repository's lint rules
-        lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"),
-                               f"hw/{package}", "tests/test_hw9.py"], capture_output=True,
-                              text=True, cwd=root)
+        lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"), "hw",
+                               "tests"], capture_output=True, text=True, cwd=generated)
         assert lint.returncode == 0, lint.stdout
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_new_package_runs_its_full_recipe_folds_and_tunes(kind, generated, tmp_path):
+    name = NAMES[kind]
+    package = "hw_pkg" if kind == "images" else name   # --package: a folder name of its own
+    for path in (f"hw/{package}/__init__.py", f"hw/{package}/data.py",
+                 f"hw/{package}/model.py", f"hw/{package}/task.py",
+                 f"configs/{name}.toml", f"configs/{name}_cpu.toml", f"tests/test_{name}.py"):
+        assert (generated / path).is_file(), path
     # `train --demo --dry-run` with the _cpu recipe is the generated test's (run below)
-    full = run_in(root, "hw9", "train", "--demo", "--dry-run", "--config", "configs/hw9.toml",
-                  "--out", str(tmp_path / "full"))   # the full recipe's keys are valid too
-    assert full.returncode == 0, full.stderr
-    folds = run_in(root, "hw9", "kfold", "--demo", "--dry-run", "--out", str(tmp_path / "kf"))
+    full = run_in(generated, name, "train", "--demo", "--dry-run", "--config",
+                  f"configs/{name}.toml", "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr   # the full recipe's keys are valid too
+    folds = run_in(generated, name, "kfold", "--demo", "--dry-run", "--out",
+                   str(tmp_path / "kf"))
     if kind in UNFUSABLE:   # refused in one line, nothing written
         assert folds.returncode == 2 and "cannot fuse" in folds.stderr, folds.stderr
         assert not (tmp_path / "kf").exists()
     else:
         assert folds.returncode == 0 and f"out-of-fold over all {TRAIN_ITEMS[kind]} items" \
             in folds.stderr, folds.stderr
-    study = run_in(root, "hw9", "tune", "--demo", "--dry-run", "--trials", "2", "--out",
+    study = run_in(generated, name, "tune", "--demo", "--dry-run", "--trials", "1", "--out",
                    str(tmp_path / "tu"))
     assert study.returncode == 0 and "best: trial" in study.stdout, study.stderr
+
+
+def test_the_generated_tests_pass(generated):
+    """Each kind's tests: learns its demo data, `train --demo --dry-run` writes a valid
+    submission, a bad file is one line and exit 2."""
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "tests/test_hw9.py"], capture_output=True, text=True, cwd=root,
-                           timeout=600)
-    assert tests.returncode == 0, tests.stdout[-2000:]
-    assert "3 passed" in tests.stdout
+                            *(f"tests/test_{name}.py" for name in NAMES.values())],
+                           capture_output=True, text=True, cwd=generated, timeout=1200)
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    assert f"{3 * len(KINDS)} passed" in tests.stdout
 
 
 def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
@@ -84,14 +107,16 @@ def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
     (root / "configs").mkdir()
     (root / "configs" / "hw9.toml").write_text("# mine\n")
     before = tree(root)
-    for name, words in (("9hw", "not a lower-case Python identifier"),
-                        ("class", "not a lower-case Python identifier"),
-                        ("Hw9", "not a lower-case Python identifier"),
-                        ("hw10 --package 8x", "'8x' is not a lower-case Python identifier"),
-                        ("hw9", "configs/hw9.toml exists already")):
-        result = run_in(root, "new", *name.split(), "--kind", "regression")
-        assert result.returncode == 2 and words in result.stderr, (name, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1
+    for name, package, words in (("9hw", "", "not a lower-case Python identifier"),
+                                 ("class", "", "not a lower-case Python identifier"),
+                                 ("Hw9", "", "not a lower-case Python identifier"),
+                                 ("hw10", "8x", "'8x' is not a lower-case Python identifier"),
+                                 ("hw9", "", "configs/hw9.toml exists already")):
+        with pytest.raises(UserError, match=words):
+            new(name, "regression", root, package=package)
+    result = run_in(root, "new", "hw9", "--kind", "regression")   # as the command line says it
+    assert result.returncode == 2 and "configs/hw9.toml exists already" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert tree(root) == before and (root / "configs" / "hw9.toml").read_text() == "# mine\n"
     taken = run_cli("new", "hw1", "--kind", "regression")  # an existing homework's name
     assert taken.returncode == 2 and "exists already" in taken.stderr
