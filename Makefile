@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw5_batches.py
 	$(PY) scripts/bench/hw5_decode.py
 	$(PY) scripts/bench/hw6_train.py
+	$(PY) scripts/bench/hw8_pipeline.py
 	$(PY) scripts/bench/hw1_tune.py
 
 clean:
