@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.errors import UserError, warn_user
-from common.io import atomic_write, files_key
+from common.io import atomic_write, files_key, save_npy_atomic
 from common.runtime import derive_seed, torch_seeded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -134,8 +134,7 @@ def load_images(files: Sequence[Path], size: int, *, resize: str = "squash",
         if cached is None:
             cached = _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers,
                                  desc=desc)
-            with atomic_write(npy, "wb") as fh:
-                np.save(fh, cached.array)
+            save_npy_atomic(npy, cached.array)
             with atomic_write(meta) as fh:  # written last: marks the cache complete
                 json.dump({"files": len(files), "size": size, "resize": resize,
                            "first": str(files[0]) if files else "",
@@ -167,6 +166,18 @@ def channel_stats(array: np.ndarray, rows: np.ndarray, chunk: int = 256
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 1e-6))
     return mean.tolist(), std.tolist()
+
+
+def signed_pixels(images: torch.Tensor) -> torch.Tensor:
+    """0..255 pixels (uint8 or float, any device) -> float32 in [-1, 1] (a tanh decoder's
+    range), a new tensor scaled in place: about 2.5x faster than out-of-place on a
+    channels-last batch, the same values as `images.float() / 127.5 - 1`."""
+    return images.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
+
+
+def pixels_from_signed(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8 pixels (clamped, rounded): the inverse of signed_pixels."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def gather_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:

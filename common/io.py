@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
@@ -69,6 +71,12 @@ def write_csv_atomic(path: str | Path, header: Sequence[str],
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path) as fh:
         fh.write(text)
+
+
+def save_npy_atomic(path: str | Path, array) -> None:
+    """np.save, atomically: the file is whole or not there."""
+    with atomic_write(path, "wb") as fh:
+        np.save(fh, array)
 
 
 def files_key(files: Iterable[str | Path], *settings) -> str:

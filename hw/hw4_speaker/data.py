@@ -18,7 +18,7 @@ from tqdm import tqdm
 from common.checkpoint import load_torch_file, save_torch_file
 from common.data import find_data_root
 from common.errors import UserError
-from common.io import atomic_write, files_key, write_csv_atomic, write_text_atomic
+from common.io import files_key, save_npy_atomic, write_csv_atomic, write_text_atomic
 from common.rundir import RunDir
 from common.runtime import hashed_uniform
 
@@ -183,8 +183,7 @@ def pack(utts: Recordings, *, cache_dir: str | Path | None, dtype: str = "float3
         array[offsets[i]:offsets[i + 1]] = load_feature(f, int(utts.lengths[i])).numpy()
     if base is None:
         return PackedMels(array, offsets)
-    with atomic_write(base.with_suffix(".npy"), "wb") as fh:
-        np.save(fh, array)
+    save_npy_atomic(base.with_suffix(".npy"), array)
     return PackedMels(np.load(base.with_suffix(".npy"), mmap_mode="r"), offsets,
                       base.with_suffix(".npy"))
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import UserError
+from common.images import signed_pixels
 
 INCEPTION_HINT = ("torchvision's ImageNet InceptionV3 weights, inception_v3_google-0cc3c7bd.pth "
                   "from download.pytorch.org/models/")
@@ -132,7 +133,7 @@ def image_features(net: nn.Module, images, *, batch: int = 100,
     images = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
     out = []
     for start in range(0, len(images), batch):
-        x = images[start:start + batch].to(device).float() / 127.5 - 1.0
+        x = signed_pixels(images[start:start + batch].to(device))
         out.append(net(x).double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 1))
 

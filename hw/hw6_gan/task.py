@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from common.config import option
 from common.errors import UserError
-from common.images import ImageDataset, load_images
+from common.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
 from common.io import atomic_write, files_key
 from common.objective import OptimizerSpec
 from common.runtime import choose_device, derive_seed
@@ -79,11 +79,6 @@ class GanModelConfig:
 class LatentCodes(TensorDataset):
     """Fixed latent codes: the validation set (with the real statistics to score against) and
     the test set (the 1000 submission images)."""
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8, as the course's (G(z) + 1) / 2 saved as an image."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
@@ -269,7 +264,7 @@ class GanTask(Task):
     def training_step(self, trainer, batch, *, update):
         cfg = self.config["model"]
         g, d = trainer.model["G"], trainer.model["D"]
-        real = batch[0].float() / 127.5 - 1.0
+        real = signed_pixels(batch[0])
         z = torch.randn(len(real), cfg.z_dim, device=real.device)
         with trainer.autocast():
             with torch.no_grad():
@@ -314,10 +309,10 @@ class GanTask(Task):
 
     # --- generation and scoring -----------------------------------------------------------
     def predict_step(self, model, batch):
-        return to_uint8(model["G"](batch[0], truncation=self.config["model"].truncation))
+        return pixels_from_signed(model["G"](batch[0], truncation=self.config["model"].truncation))
 
     def validation_step(self, model, batch):
-        return to_uint8(model["G"](batch[0])), None, None   # no labels, no loss
+        return pixels_from_signed(model["G"](batch[0])), None, None   # no labels, no loss
 
     def feature_net(self, kind: str = "proxy") -> nn.Module:
         """The proxy network, or InceptionV3 from model.inception, on the trainer's device."""

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from common.data import find_root_or_child
 from common.errors import UserError
 from common.images import gather_rows
-from common.io import atomic_write, write_csv_atomic
+from common.io import save_npy_atomic, write_csv_atomic
 from common.runtime import derive_seed
 
 TRAIN, TEST = "trainingset.npy", "testingset.npy"
@@ -172,11 +172,6 @@ def demo_anomaly(rng: np.random.Generator, kind: str, size: int):
     return face
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    with atomic_write(path, "wb") as fh:
-        np.save(fh, array)
-
-
 def write_demo_data(dest: Path, *, n_train: int = 1500, n_normal: int = 150,
                     n_anomalies: int = 150, size: int = 64, seed: int = 8) -> Path:
     """dest/data/{trainingset,testingset}.npy in Kaggle's layout: normal faces from HW6's demo
@@ -193,8 +188,8 @@ def write_demo_data(dest: Path, *, n_train: int = 1500, n_normal: int = 150,
     test = np.concatenate([faces[n_train:], odd])
     label = np.r_[np.zeros(n_normal, np.int64), np.ones(n_anomalies, np.int64)]
     order = rng.permutation(len(test))
-    _save(folder / TRAIN, faces[:n_train])
-    _save(folder / TEST, test[order])
+    save_npy_atomic(folder / TRAIN, faces[:n_train])
+    save_npy_atomic(folder / TEST, test[order])
     write_csv_atomic(Path(dest) / DEMO_ANSWERS, ("ID", "label"),
                      enumerate(label[order].tolist()))
     return Path(dest)

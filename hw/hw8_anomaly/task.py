@@ -19,13 +19,13 @@ from torch import nn
 from torchvision.transforms import v2
 
 from common.config import option
-from common.images import ImageDataset
+from common.images import ImageDataset, signed_pixels
 from common.ranking import roc_auc
 from common.sections import DataConfig
 from common.submission import write_submission
 from common.task import Task
 from hw.hw8_anomaly import data
-from hw.hw8_anomaly.model import ARCHS, scaled
+from hw.hw8_anomaly.model import ARCHS
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Hw8Task(Task):
     def forward(self, model: nn.Module, batch):
         """(reconstruction, KL per image, the clean input in [-1, 1]); training inputs get
         model.noise Gaussian noise (a denoising autoencoder)."""
-        x = scaled(batch[0])
+        x = signed_pixels(batch[0])
         noise = self.config["model"].noise
         seen = x + noise * torch.randn_like(x) if model.training and noise else x
         recon, kl = model(seen)

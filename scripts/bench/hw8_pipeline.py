@@ -80,9 +80,8 @@ class CourseDataset(torch.utils.data.Dataset):
 
 def run_side(side: str, path: Path, batch: int) -> dict:
     from common.data import build_loader
-    from common.images import ImageDataset
+    from common.images import ImageDataset, signed_pixels
     from hw.hw8_anomaly import data
-    from hw.hw8_anomaly.model import scaled
 
     anon = PeakAnon()
     start = time.perf_counter()
@@ -90,7 +89,7 @@ def run_side(side: str, path: Path, batch: int) -> dict:
         faces = data.load_train(path.parent)
         loader = build_loader(ImageDataset(faces.array, np.arange(len(faces.ids))), batch,
                               shuffle=True, seed=0)
-        prepare = scaled
+        prepare = signed_pixels
     elif side == "course":
         dataset = CourseDataset(torch.from_numpy(np.load(path, allow_pickle=True)))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True)
