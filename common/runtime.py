@@ -101,11 +101,14 @@ def flush_denormals() -> bool:
     return torch.set_flush_denormal(True)
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the CUDA device supports it, else fp16; None (no autocast) off CUDA."""
+def amp_dtype(device: torch.device, enabled: bool, prefer: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: `prefer` ("bf16" or "fp16"; "auto": bf16 where the CUDA device
+    supports it, else fp16); None (no autocast) off CUDA or when AMP is off."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if prefer == "auto":
+        prefer = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return torch.bfloat16 if prefer == "bf16" else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -72,7 +72,13 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True                  # mixed precision on CUDA (bf16 if supported, else fp16)
+    amp_dtype: str = option("auto", choices=("auto", "bf16", "fp16"))  # auto: bf16 if supported
     channels_last: bool = False       # on CUDA, NHWC memory format for the model and 4-D inputs
+    # torch.compile the model that trains (evaluation runs it as written); the first updates
+    # of each new input shape are slower (compilation); "eager" checks capture alone
+    compile: bool = False
+    compile_backend: str = option("inductor", choices=("inductor", "cudagraphs", "eager",
+                                                       "aot_eager"))
     sync_batchnorm: bool = False      # under torchrun on CUDA: BatchNorm statistics over all ranks
     num_workers: int = option(0, min=0)
     threads: int = option(0, min=0)  # CPU threads; 0: all cores available to the process
@@ -211,9 +217,11 @@ class Trainer:
                     self.model,
                     device_ids=[self.device.index] if self.device.type == "cuda" else None)
             seed_everything(derive_seed(cfg.seed, Salt.RANK, self.rank))  # dropout, mixup
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model, backend=cfg.compile_backend)
         self._build_ema()
         self.batch_transform = batch_transform
-        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp, cfg.amp_dtype)
         self.stepper = Stepper(
             objective.configure_optimizers(self.model, optim or OptimConfig(),
                                            sched or SchedConfig()),

@@ -39,6 +39,11 @@ def test_device_choice_and_amp_off_on_cpu():
     with pytest.raises(UserError):
         choose_device("toaster")
     assert amp_dtype(torch.device("cpu"), True) is None
+    assert amp_dtype(torch.device("cpu"), True, "fp16") is None      # autocast is CUDA only
+    cuda = torch.device("cuda")                                      # no GPU needed to choose
+    assert amp_dtype(cuda, True, "fp16") is torch.float16
+    assert amp_dtype(cuda, True, "bf16") is torch.bfloat16
+    assert amp_dtype(cuda, False, "fp16") is None
 
 
 def test_split_is_deterministic_disjoint_and_complete():

@@ -91,6 +91,20 @@ def test_gradient_accumulation_equals_the_big_batch():
             assert torch.allclose(value, other[key], atol=1e-6), key
 
 
+def test_a_compiled_training_model_trains_the_same_weights():
+    """trainer.compile wraps the model that trains in torch.compile ("eager": capture only, the
+    same arithmetic); checkpoints and evaluation keep the plain module."""
+    plain = Trainer(model(), Regression(), cfg(epochs=2), optim=OptimConfig(name="sgd", lr=0.05))
+    plain.fit(data(200))
+    compiled = Trainer(model(), Regression(), cfg(epochs=2, compile=True, compile_backend="eager"),
+                       optim=OptimConfig(name="sgd", lr=0.05))
+    assert isinstance(compiled.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    compiled.fit(data(200))
+    for key, value in plain.model.state_dict().items():
+        assert torch.allclose(value, compiled.model.state_dict()[key], atol=1e-6), key
+    assert not any(k.startswith("_orig_mod") for k in compiled.model.state_dict())
+
+
 def test_gradient_clipping_bounds_the_update():
     trainer = Trainer(model(), Regression(), cfg(epochs=1, batch_size=300, clip_grad_norm=0.01),
                       optim=OptimConfig(name="sgd", lr=1.0, momentum=0.0))
