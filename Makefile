@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw6_train.py
 	$(PY) scripts/bench/hw8_pipeline.py
 	$(PY) scripts/bench/hw1_tune.py
+
+# the GPU recipes; meant for a CUDA machine (minutes there), hours on a CPU
+bench-gpu: $(STAMP)
+	$(PY) scripts/bench/gpu_recipes.py
+	$(PY) scripts/bench/gpu_sequences.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,6 +4,7 @@ the engine, times exactly the updates asked for, and projects the full recipe fr
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 
@@ -20,15 +21,21 @@ def load_bench(name: str):
 
 def test_gpu_recipes_runs_every_variant_and_projects_the_full_recipe(capsys):
     bench = load_bench("gpu_recipes")
-    rows = bench.main(["--tiny", "--only", "hw8", "hw6-wgangp", "--warmup", "1", "--steps", "3"])
+    # AMP bf16 / fp16 / off for every recipe, channels_last beside bf16 for the image models
+    names = {hw: {(v["amp"], v["channels_last"], v["compile"])
+                  for v in bench.variants(bench.RECIPES[hw])} for hw in ("hw8", "hw6-wgangp")}
+    assert names["hw8"] == {(amp, False, False) for amp in ("bf16", "fp16", "off")}
+    assert names["hw6-wgangp"] == names["hw8"] | {("bf16", True, False)}
+    rows = bench.main(["--tiny", "--only", "hw8", "hw6-wgangp", "--amp", "bf16",
+                       "--warmup", "1", "--steps", "3"])
     printed = capsys.readouterr().out.splitlines()
     seen = {(r["recipe"], r["amp"], r["channels_last"]) for r in rows}
-    assert seen == {("hw8", True, False), ("hw8", False, False), ("hw6-wgangp", True, True),
-                    ("hw6-wgangp", True, False), ("hw6-wgangp", False, False)}
+    assert seen == {("hw8", "bf16", False), ("hw6-wgangp", "bf16", True),
+                    ("hw6-wgangp", "bf16", False)}
     assert len(printed) == len(rows)
     for row in rows:
         recipe = bench.RECIPES[row["recipe"]]
-        assert row["device"] == "cpu" and row["batch"] == 4
+        assert row["device"] == "cpu" and row["batch"] == 4 and row["accum"] == 1
         assert row["timed"] == 3                       # the updates after the warm-up
         assert math.isclose(row["items_s"], row["updates_s"] * 4)
         assert row["updates_s"] > 0 and 0 < row["load_share"] < 1 and row["eval_items_s"] > 0
@@ -36,3 +43,33 @@ def test_gpu_recipes_runs_every_variant_and_projects_the_full_recipe(capsys):
         # at least the training half of the real items, every epoch, at the measured rate
         floor = row["epochs"] * recipe.real_items * 0.5 / row["items_s"] / 3600
         assert floor <= row["projected_h"] < float("inf")
+
+
+def test_gpu_sequences_runs_the_sequence_recipes_with_compile_and_decoding(capsys, tmp_path):
+    bench = load_bench("gpu_sequences")
+    rows = bench.main(["--tiny", "--only", "hw2", "hw5", "hw7-noaccum", "--amp", "bf16",
+                       "--warmup", "1", "--steps", "3"])
+    printed = capsys.readouterr().out.splitlines()
+    # bf16 and bf16 + torch.compile for every sequence recipe; one decoding line a HW5 row
+    assert {(r["recipe"], r["compile"]) for r in rows} == {
+        (hw, c) for hw in ("hw2", "hw5", "hw7-noaccum") for c in (False, True)}
+    assert len(printed) == len(rows) + 2
+    for row in rows:
+        recipe = bench.RECIPES[row["recipe"]]
+        assert row["timed"] == 3 and row["updates_s"] > 0 and row["eval_items_s"] > 0
+        assert row["accum"] == {"hw2": 1, "hw5": 2, "hw7-noaccum": 1}[row["recipe"]]
+        floor = row["epochs"] * recipe.real_items * 0.5 / row["items_s"] / 3600
+        assert floor <= row["projected_h"] < float("inf")
+        if row["recipe"] == "hw5":   # token budgets: many target tokens a sentence
+            assert row["counted_s"] > 5 * row["items_s"]
+            assert row["decoded"] == 16 and row["decode_cached_s"] > 0
+            assert row["decode_uncached_s"] > 0
+        else:                        # HW2 frames and HW7 windows: batches of 4 rows
+            assert math.isclose(row["items_s"], row["updates_s"] * 4)
+    # HW7's joined paragraphs keep every answer where its offsets say
+    data = bench.joined_paragraphs(tmp_path / "qa", tiny=True)
+    doc = json.loads((data / "hw7_train.json").read_text(encoding="utf-8"))
+    assert len(doc["paragraphs"]) == 20
+    for q in doc["questions"]:
+        text = doc["paragraphs"][q["paragraph_id"]]
+        assert text[q["answer_start"]:q["answer_end"] + 1] == q["answer_text"]
