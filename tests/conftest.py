@@ -25,10 +25,36 @@ def real_hw1() -> Path:
     return REAL_HW1
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run scripts/run.py in a fresh interpreter, as a user would."""
+def run_process(*args: str, cwd: Path | None = None, env: dict | None = None
+                ) -> subprocess.CompletedProcess:
+    """Run scripts/run.py in a fresh interpreter, as a user would: for what only a process
+    shows (its exit status from the script, environment variables, signals, a kill)."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
+                          env=env)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """scripts/run.py's entry function in this process (common.testing.call), from `cwd` (the
+    checkout by default): exit status, stdout and stderr as run_process gives them."""
+    from common.testing import call
+    from hw.cli import main
+
+    return call(main, *args, cwd=cwd or ROOT)
+
+
+@pytest.fixture(autouse=True)
+def _global_state():
+    """What a test (an in-process command) may change process-wide, put back after it: torch's
+    CPU threads, default dtype and global RNG, and the denormal flag (off, as at start)."""
+    import torch
+
+    threads, dtype, rng = torch.get_num_threads(), torch.get_default_dtype(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.set_rng_state(rng)
+    torch.set_flush_denormal(False)
 
 
 def train_in_process(hw: str, data: Path, out: Path, config: str, *sets: str,

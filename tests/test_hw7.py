@@ -192,7 +192,9 @@ def test_span_check_is_complete_with_overlap_and_not_without(demo, capsys):
 
 @pytest.mark.slow
 def test_small_bert_learns_the_demo_and_the_best_span_rule_beats_the_naive_one(demo, tmp_path):
-    cfg = config(demo, overrides=["trainer.epochs=5"])
+    # 3 epochs of a 2-layer BERT over 128-token windows: dev EM about 0.19 against 0.10 naive
+    cfg = config(demo, overrides=["trainer.epochs=3", "model.layers=2", "data.max_length=128",
+                                  "data.doc_stride=48"])
     result = train_run(QATask, cfg, tmp_path / "run")
     assert validate_submission(result["submission"], qadata.HEADER, range(300)) is not None
     state = load_checkpoint(RunDir(tmp_path / "run").checkpoint("best"))

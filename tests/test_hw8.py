@@ -3,8 +3,6 @@ validation anomalies, ROC AUC and score fusion against independent references, t
 against the course sample, and one-line errors."""
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +16,15 @@ from common.errors import UserError
 from common.fusion import fuse
 from common.ranking import average_ranks, roc_auc
 from hw.hw8_anomaly import data
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "hw8"
 SAMPLE_DEMO_AUC = 0.4416  # configs/hw8_sample.toml on the demo, measured (README)
 
 
-def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=600, check=False)
+def run(*args):
+    return run_cli(*args)
 
 
 def faces(folder: Path, train, test=None) -> Path:
