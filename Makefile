@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-gpu clean
+.PHONY: install demo test test-fast lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) scripts/run.py hw1 train --demo
 
+# the whole suite, one pytest-xdist worker per core, each test file in one worker
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
+
+# the developer's quick tier: everything not marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check common hw scripts tests

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from common import distributed
 from common.batches import concat, take
@@ -63,6 +62,9 @@ def make_folds(n: int, folds: int, *, seed: int = 0, split: str = "auto",
         raise UserError("kfold.split=group: this homework defines no groups; use kfold")
     if split == "stratified" and labels is None:
         raise UserError("kfold.split=stratified: this homework has no classes; use kfold")
+    # imported here: scikit-learn takes a second to import, and most commands never fold
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
     x = np.zeros(n)
     if split == "group" and labels is not None:
         splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)

@@ -5,6 +5,7 @@ exactly the files it may leave (none, unless training had started). Runs in-proc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,15 +18,27 @@ import torch
 from common import io as common_io
 from common.checkpoint import load_checkpoint
 from hw.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def made_once(hw1_demo, tmp_path_factory) -> Path:
+    """The HW1 demo as data/ and a finished dry run of it as run/, made once."""
+    root = tmp_path_factory.mktemp("ws")
+    shutil.copytree(hw1_demo, root / "data")
+    with contextlib.chdir(root):
+        assert main(["hw1", "train", "--data", "data", "--out", "run", "--dry-run"]) == 0
+    return root
 
 
 @pytest.fixture()
-def ws(hw1_demo, tmp_path, monkeypatch):
-    """A working folder holding the HW1 demo as data/ and a finished dry run as run/."""
-    shutil.copytree(hw1_demo, tmp_path / "data")
+def ws(made_once, tmp_path, monkeypatch):
+    """A working folder (the current one) holding the HW1 demo as data/ and a finished dry run
+    as run/: a copy of made_once, its config.toml naming this folder's data."""
+    shutil.copytree(made_once, tmp_path, dirs_exist_ok=True)
+    config = tmp_path / "run" / "config.toml"
+    config.write_text(config.read_text().replace(str(made_once), str(tmp_path)))
     monkeypatch.chdir(tmp_path)
-    assert main(["hw1", "train", "--data", "data", "--out", "run", "--dry-run"]) == 0
     return tmp_path
 
 
@@ -331,7 +344,7 @@ def test_a_real_file_size_limit_during_a_checkpoint_is_one_line_and_resumes_exac
     bit-identical to a run that never stopped."""
     sets = ["--set", "trainer.epochs=6", "--set", "trainer.save_every_epochs=1",
             "--set", "model.hidden=[64]", "--set", 'trainer.device="cpu"']
-    whole = cli_child("hw1", "train", "--data", "data", "--out", "whole", *sets, cwd=ws)
+    whole = run_cli("hw1", "train", "--data", "data", "--out", "whole", *sets, cwd=ws)
     assert whole.returncode == 0, whole.stderr[-2000:]
     size = (ws / "whole" / "checkpoints" / "last.pt").stat().st_size
     cut = cli_child("hw1", "train", "--data", "data", "--out", "cut", *sets, cwd=ws,
@@ -343,7 +356,7 @@ def test_a_real_file_size_limit_during_a_checkpoint_is_one_line_and_resumes_exac
     assert load_checkpoint(ws / "cut" / "checkpoints" / "last.pt")["trainer"]["epoch"] == 5
     assert not [p for p in (ws / "cut").rglob("*") if ".tmp" in p.name]
     assert not (ws / "cut" / "pred.csv").exists()
-    resumed = cli_child("hw1", "train", "--resume", "cut", cwd=ws)
+    resumed = run_cli("hw1", "train", "--resume", "cut", cwd=ws)  # no limit: in this process
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (ws / "cut" / "pred.csv").read_bytes() == (ws / "whole" / "pred.csv").read_bytes()
     a = load_checkpoint(ws / "cut" / "checkpoints" / "last.pt")["model"]

@@ -259,13 +259,13 @@ def test_recipes_on_demo_data(demo, tmp_path):
                       tmp_path / "r")
     tta = predict_run(FoodTask, tmp_path / "r", tta=4, out_dir=tmp_path / "r-tta")
     folds = kfold_run(FoodTask, config(demo, cache, overrides=[*SMALL, "predict.tta=0",
-                                                                "kfold.folds=3"]),
+                                                                "kfold.folds=2"]),
                       tmp_path / "k")
     acc = {name: test_accuracy(path, demo) for name, path in
            [("sample", sample["submission"]), ("residual", plain["submission"]),
             ("residual+tta", tta), ("kfold", folds["submission"])]}
     members = [test_accuracy(tmp_path / "k" / f"fold-{k}" / "submission.csv", demo)
-               for k in (1, 2, 3)]
+               for k in (1, 2)]
     print(acc, "fold members", members)
     assert acc["residual"] > acc["sample"] + 0.2
     assert acc["residual+tta"] >= acc["residual"]
@@ -274,7 +274,7 @@ def test_recipes_on_demo_data(demo, tmp_path):
     labels = demo_labels(demo)
     fused = torch.load(tmp_path / "k" / "test_outputs.pt", weights_only=True)["outputs"]
     member_nll = [nll(torch.load(tmp_path / "k" / f"fold-{k}" / "test_outputs.pt",
-                                 weights_only=True)["outputs"], labels) for k in (1, 2, 3)]
+                                 weights_only=True)["outputs"], labels) for k in (1, 2)]
     assert nll(fused, labels) < np.mean(member_nll)
 
 

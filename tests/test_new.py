@@ -4,6 +4,7 @@ Every kind is generated into one copy of the library (common/, scripts/, hw/__in
 temporary folder, as a user's checkout would get it; there each is listed, meets the lint
 rules, runs its full recipe, folds (or refuses to) and tunes, and its generated tests pass."""
 
+import json
 import resource
 import shutil
 import subprocess
@@ -37,6 +38,26 @@ def run_in(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=root, timeout=600)
 
 
+# several command lines of a checkout in one fresh interpreter of its own (its common/ and hw/
+# imported from there), one after another, as a user would type them
+DRIVER = """import json, sys
+sys.path.insert(0, sys.argv[1])
+from common.testing import call
+from hw.cli import main
+done = [call(main, *args, cwd=sys.argv[1]) for args in json.loads(sys.argv[2])]
+print(json.dumps([[d.returncode, d.stdout, d.stderr] for d in done]))
+"""
+
+
+def run_each(root: Path, *commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """`scripts/run.py ARGS` in `root` for each command, in one interpreter started there."""
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(root), json.dumps(commands)],
+                          capture_output=True, text=True, cwd=root, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [subprocess.CompletedProcess(args, code, out, err)
+            for args, (code, out, err) in zip(commands, json.loads(done.stdout), strict=True)]
+
+
 def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts)
 
@@ -48,11 +69,11 @@ NAMES = {kind: f"hw{9 + k}" for k, kind in enumerate(sorted(KINDS))}   # hw9, hw
 def generated(tmp_path_factory) -> Path:
     """One checkout holding a package of every kind (`images` under --package hw_pkg)."""
     root = checkout(tmp_path_factory.mktemp("new"))
-    for kind, name in NAMES.items():
-        package = ["--package", "hw_pkg"] if kind == "images" else []
-        made = run_in(root, "new", name, "--kind", kind, "--title", f'{kind} "scaffold"',
-                      *package)
-        assert made.returncode == 0, made.stderr
+    made = run_each(root, *(["new", name, "--kind", kind, "--title", f'{kind} "scaffold"',
+                             *(["--package", "hw_pkg"] if kind == "images" else [])]
+                            for kind, name in NAMES.items()))
+    for done in made:
+        assert done.returncode == 0, done.stderr
     return root
 
 
@@ -76,19 +97,20 @@ def test_new_package_runs_its_full_recipe_folds_and_tunes(kind, generated, tmp_p
                  f"configs/{name}.toml", f"configs/{name}_cpu.toml", f"tests/test_{name}.py"):
         assert (generated / path).is_file(), path
     # `train --demo --dry-run` with the _cpu recipe is the generated test's (run below)
-    full = run_in(generated, name, "train", "--demo", "--dry-run", "--config",
-                  f"configs/{name}.toml", "--out", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr   # the full recipe's keys are valid too
-    folds = run_in(generated, name, "kfold", "--demo", "--dry-run", "--out",
-                   str(tmp_path / "kf"))
+    full, folds, study = run_each(
+        generated,
+        # the full recipe (its model at full size) at a batch of 4: its keys are valid too
+        [name, "train", "--demo", "--dry-run", "--config", f"configs/{name}.toml", "--set",
+         "trainer.batch_size=4", "--out", str(tmp_path / "full")],
+        [name, "kfold", "--demo", "--dry-run", "--out", str(tmp_path / "kf")],
+        [name, "tune", "--demo", "--dry-run", "--trials", "1", "--out", str(tmp_path / "tu")])
+    assert full.returncode == 0, full.stderr
     if kind in UNFUSABLE:   # refused in one line, nothing written
         assert folds.returncode == 2 and "cannot fuse" in folds.stderr, folds.stderr
         assert not (tmp_path / "kf").exists()
     else:
         assert folds.returncode == 0 and f"out-of-fold over all {TRAIN_ITEMS[kind]} items" \
             in folds.stderr, folds.stderr
-    study = run_in(generated, name, "tune", "--demo", "--dry-run", "--trials", "1", "--out",
-                   str(tmp_path / "tu"))
     assert study.returncode == 0 and "best: trial" in study.stdout, study.stderr
 
 
@@ -114,13 +136,13 @@ def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
                                  ("hw9", "", "configs/hw9.toml exists already")):
         with pytest.raises(UserError, match=words):
             new(name, "regression", root, package=package)
-    result = run_in(root, "new", "hw9", "--kind", "regression")   # as the command line says it
+    result, unknown = run_each(root, ["new", "hw9", "--kind", "regression"],  # as typed
+                               ["new", "hw10", "--kind", "audio"])
     assert result.returncode == 2 and "configs/hw9.toml exists already" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert tree(root) == before and (root / "configs" / "hw9.toml").read_text() == "# mine\n"
     taken = run_cli("new", "hw1", "--kind", "regression")  # an existing homework's name
     assert taken.returncode == 2 and "exists already" in taken.stderr
-    unknown = run_in(root, "new", "hw10", "--kind", "audio")
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
     assert tree(root) == before
     # a full disk for real: files of at most 2000 bytes; task.py is larger
