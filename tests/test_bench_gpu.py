@@ -8,7 +8,11 @@ import json
 import math
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # the benchmarks' CPU smoke runs
 
 
 def load_bench(name: str):

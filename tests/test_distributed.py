@@ -17,6 +17,7 @@ from common.pipeline import fit_split
 from hw.hw1_covid.task import CovidTask
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # torchrun launches: tens of seconds each
 CONFIG = str(ROOT / "configs" / "hw1_sample.toml")
 OVERRIDES = ["model.hidden=[32,16]", "model.dropout=0.1", "model.batchnorm=true",
              "optim.name=adam", "optim.lr=3e-3", "trainer.epochs=3", "trainer.batch_size=32",

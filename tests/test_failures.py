@@ -336,6 +336,7 @@ def cli_child(*args: str, cwd: Path, limit: int | None = None):
                           preexec_fn=limited(limit) if limit else None)
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_during_a_checkpoint_is_one_line_and_resumes_exactly(ws):
     """The checkpoint grows by its history every epoch; with the limit one byte under the
     final size, torch's zip writer fails at epoch 6 with EFBIG (reported by torch as a

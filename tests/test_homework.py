@@ -45,6 +45,7 @@ def test_a_new_package_is_discovered_without_editing_a_list(tmp_path, monkeypatc
         found["hw9"]()                                     # the class must agree
 
 
+@pytest.mark.slow
 def test_an_installed_package_declares_a_homework_by_entry_point(tmp_path):
     """A package outside the repository, installed with an "mlhw.homeworks" entry point
     (here: a dist-info folder on PYTHONPATH, as pip writes it), gets every command."""

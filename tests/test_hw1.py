@@ -225,6 +225,7 @@ def test_sample_config_behaves_like_the_course_sample(real_hw1, hw1_demo):
     assert st.best_step == st.history[0]["step"]
 
 
+@pytest.mark.slow
 def test_demo_recipe_beats_the_course_sample_on_the_demo_data(tmp_path):
     """`hw1 train --demo` (configs/hw1_demo.toml, the kernel network) against the course
     sample's demo score printed beside it (0.239): measured 0.170."""

@@ -146,6 +146,7 @@ def valid_acc(demo, config, *overrides):
     return trainer.evaluate(task.labelled_dataset(frames, valid_idx))["acc"]
 
 
+@pytest.mark.slow
 def test_wider_windows_and_the_sequence_model_each_beat_the_one_before(tmp_path):
     # a smaller demo (100 training utterances) keeps this under a minute on two CPU cores
     demo = phone.write_demo_data(tmp_path / "small", n_train=100, n_test=5)

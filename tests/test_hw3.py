@@ -249,6 +249,7 @@ def test_dry_run_writes_a_kaggle_submission_with_cutmix(demo, tmp_path):
     assert outputs.shape == (110, 11) and outputs.std(0).min() > 0  # depends on the image
 
 
+@pytest.mark.slow
 def test_recipes_on_demo_data(demo, tmp_path):
     """The residual recipe with augmentation beats the course sample; test-time augmentation
     does not lower accuracy; the fused k-fold models have a lower log-loss than their members on
@@ -278,6 +279,7 @@ def test_recipes_on_demo_data(demo, tmp_path):
     assert nll(fused, labels) < np.mean(member_nll)
 
 
+@pytest.mark.slow
 def test_killed_augmented_run_with_workers_resumes_exactly(demo, tmp_path):
     """Per-item augmentation seeds make a mid-epoch resume exact with loader workers too."""
     from common.checkpoint import load_checkpoint

@@ -195,6 +195,7 @@ def demo_accuracy(run, demo) -> float:
     return float((got["Category"] == truth["Category"]).mean())
 
 
+@pytest.mark.slow
 def test_recipes_on_demo_voices(demo, tmp_path):
     """Our CPU recipe (Conformer, attentive statistics pooling, additive margin) beats the
     course's transformer on the demo test answer key with half its epochs; both are far above

@@ -97,6 +97,7 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, demo, capsys):
     assert code == 2 and len(err) == 1 and "hw7_train.json: paragraph 0 is int" in err[0]
 
 
+@pytest.mark.slow
 def test_windows_map_back_to_the_real_paragraphs_and_gold_spans_come_back_exactly():
     if not REAL_TEST.is_file():
         pytest.skip("real HW7 test file (../shared/data/hw7/2022) not present")

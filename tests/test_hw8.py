@@ -115,6 +115,7 @@ def test_synthetic_anomalies_are_seeded_and_differ_from_their_faces(tmp_path):
     assert kinds == set(data.ANOMALY_KINDS)                # every kind of the recipe is drawn
 
 
+@pytest.mark.slow
 def test_demo_run_ranks_anomalies_and_beats_the_course_sample(tmp_path):
     result = run(NAME, "train", "--demo", "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ from common.errors import UserError
 from common.scaffold import KINDS, new
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # every kind generated, trained, folded and tuned: minutes
 UNFUSABLE = {"sequence", "gan"}   # tokens and images: k-fold refuses them
 TRAIN_ITEMS = {"regression": 800, "classification": 800, "images": 800, "span": 800}
 

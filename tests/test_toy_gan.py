@@ -177,6 +177,7 @@ def test_the_gan_learns_the_mixture(ring):
     assert trainer.state.best == min(row["valid_mmd"] for row in history)
 
 
+@pytest.mark.slow
 def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
     from tests.test_resume import kill_and_resume
 
@@ -200,6 +201,7 @@ def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
         assert (straight / name).read_text() == (killed / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_the_gan_under_torchrun_keeps_both_ranks_identical(ring, tmp_path):
     from tests.test_distributed import run_child
 

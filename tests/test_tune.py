@@ -120,6 +120,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_without_running_a_trial_twice(tmp_path, recipe, hw1_demo):
     study = tmp_path / "study"
     argv = ["hw1", "tune", "--data", str(hw1_demo), "--config", str(recipe), "--out",
@@ -195,6 +196,7 @@ def test_a_diverging_trial_is_pruned_before_its_last_evaluation(tmp_path, recipe
     assert (pruned / "fold-1").is_dir() and not (pruned / "fold-2").exists()
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
     study = tmp_path / "study"
     code = cli_main(["hw1", "tune", "--data", str(hw1_demo), "--config", str(recipe),
@@ -212,6 +214,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
 
 
 # --------------------------------------------------------------------------- runs, compare
+@pytest.mark.slow
 def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, capsys):
     from common.pipeline import train_run
     from common.trainer import Callback
