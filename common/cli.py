@@ -7,6 +7,7 @@ demo-data` and `run.py list`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import sys
@@ -19,6 +20,7 @@ from common.errors import UserError
 from common.finished import average_run, ensemble_run, load_run_config, predict_run
 from common.fusion import FUSABLE
 from common.handoff import handoff
+from common.homework import recipe_path
 from common.kfold import kfold_run, predict_kfold
 from common.pipeline import dry_run_config, train_run
 from common.rundir import RunDir
@@ -27,7 +29,6 @@ from common.scaffold import KINDS, new
 from common.task import Task
 from common.tune import Study, check_storage, format_table, parse_space, tune
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
                 errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
@@ -202,8 +203,8 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     nw.add_argument("--package", default="", metavar="PKG",
                     help="the package's folder name under hw/ (default: NAME), e.g. "
                     "hw8_anomaly for the command hw8")
-    nw.add_argument("--root", default=str(REPO_ROOT), metavar="DIR",
-                    help="the checkout to write into (default: this one)")
+    nw.add_argument("--root", default=".", metavar="DIR",
+                    help="the checkout to write into (default: the current folder)")
     for name in tasks:
         _add_task_parser(sub, name, titles.get(name, name),
                          getattr(tasks[name], "commands", {}))
@@ -222,16 +223,14 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
 
 
 def resolve_recipe(task_cls: type[Task], config: str | None, overrides: list[str], *,
-                   demo: bool = False, data: str | None = None
-                   ) -> tuple[Config, Path | None, list[str]]:
-    """The recipe a command runs: --config, else configs/<hw>.toml (the homework's demo
-    recipe under --demo; none when that file is absent), then the --set overrides and the data
-    folder of --demo / --data, stored absolute so predict and --resume work from anywhere.
-    Returns (config, its file, the overrides as applied)."""
+                   homework=None, demo: bool = False, data: str | None = None
+                   ) -> tuple[Config, Path, list[str]]:
+    """The recipe a command runs: --config, else the homework's <hw>.toml from its recipes
+    folder (its demo recipe under --demo; a one-line error when that file is absent), then the
+    --set overrides and the data folder of --demo / --data, stored absolute so predict and
+    --resume work from anywhere. Returns (config, its file, the overrides as applied)."""
     default = task_cls.demo_config if demo and task_cls.demo_config else task_cls.name
-    path = Path(config) if config else REPO_ROOT / "configs" / f"{default}.toml"
-    if not config and not path.exists():
-        path = None
+    path = Path(config) if config else recipe_path(homework, default)
     overrides = list(overrides)
     if demo or data:
         data_dir = demo_dir(task_cls) if demo else Path(data)
@@ -257,7 +256,8 @@ def _train(task_cls: type[Task], args) -> int:
         if kfold and args.folds is not None:
             overrides.append(f"kfold.folds={args.folds}")
         config, config_path, _ = resolve_recipe(task_cls, args.config, overrides,
-                                                demo=args.demo, data=args.data)
+                                                homework=args.homework, demo=args.demo,
+                                                data=args.data)
         if args.dry_run:
             config = dry_run_config(config)
         name = config_path.stem if config_path else task_cls.name
@@ -293,7 +293,8 @@ def _train(task_cls: type[Task], args) -> int:
     if distributed.is_main():
         handoff(task_cls, result["submission"], Path(run_dir).name)
     if args.demo and distributed.is_main():  # rank 0 wrote the submission
-        demo_summary(task_cls, config, run_dir, result["submission"])
+        demo_summary(task_cls, config, run_dir, result["submission"],
+                     getattr(args.homework, "recipes", None))
     return 0
 
 
@@ -309,10 +310,8 @@ def _tune(task_cls: type[Task], args) -> int:
                 setattr(study, key, getattr(args, key))
     else:
         config, config_path, overrides = resolve_recipe(task_cls, args.config, args.overrides,
+                                                        homework=args.homework,
                                                         demo=args.demo, data=args.data)
-        if config_path is None:
-            raise UserError(f"configs/{task_cls.name}.toml: not found; pass --config FILE "
-                            "with a [tune.space]")
         parse_space(config["tune"].space, task_cls.schema())  # a bad space: one line, now
         cfg = config["tune"]
         name = f"{config_path.stem}-tune" + ("-demo" if args.demo else "")
@@ -357,8 +356,8 @@ def command_name() -> str:
     return prog if prog == "mlhw" else f"python {sys.argv[0]}"
 
 
-def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission: Path
-                 ) -> None:
+def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission: Path,
+                 recipes: Path | None = None) -> None:
     """Where things went, how good the result is on the demo's answer key, what to try next."""
     cmd = f"{command_name()} {task_cls.name}"
     data_dir = Path(config["data"].dir)
@@ -370,10 +369,12 @@ def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission
             + " ".join(f"{k} {v:.4g}" for k, v in score.items())
             + (f"; the course sample: {task_cls.demo_baseline}" if task_cls.demo_baseline
                else ""))
-    sample = REPO_ROOT / "configs" / f"{task_cls.name}_sample.toml"
-    if sample.is_file():
-        say(f"next: compare the course sample: {cmd} train --demo --config "
-            f"configs/{sample.name}")
+    sample = Path(recipes or ".") / f"{task_cls.name}_sample.toml"
+    if recipes and sample.is_file():
+        shown = sample.resolve()
+        with contextlib.suppress(ValueError):   # as typed from here, when it lies below
+            shown = shown.relative_to(Path.cwd())
+        say(f"next: compare the course sample: {cmd} train --demo --config {shown}")
     say(f"next: the real data: {cmd} train --data data/{task_cls.name} "
         f"(download: {task_cls.download_hint or 'see data/README.md'})")
     if task_cls.output_kind in FUSABLE:
@@ -414,7 +415,7 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
                 return run_table.runs_command(tasks, args.root, hw=args.hw, sort=args.sort)
             return run_table.compare_command(tasks, args.runs, metric=args.metric,
                                              out=args.out)
-        task_cls = tasks[args.task]()
+        task_cls, args.homework = tasks[args.task](), tasks[args.task]
         check_options(args, OPTION_RULES.get(args.action, {}))
         if args.action == "tune" and args.folds == 1:
             raise UserError("--folds 1: 1 fold trains on nothing held out; use 0 (the "

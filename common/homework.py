@@ -9,7 +9,10 @@ import importlib
 import pkgutil
 import re
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
+
+from common.errors import UserError
 
 ENTRY_POINT_GROUP = "mlhw.homeworks"
 
@@ -18,13 +21,17 @@ class Homework:
     """`task`: "module:Class". `commands`: the homework's own actions, name -> (help,
     "module:function"), each called with its argv (argv[0] the program's name). With
     `package` (the declaring package's `__name__`), a task module starting with "." is inside
-    it, and a command given as a bare function name lives in its `commands` module."""
+    it, and a command given as a bare function name lives in its `commands` module.
+    `recipes`: the folder of its recipes (`<name>.toml`, the default of every command, and
+    the others `--config` names); a subpackage found by `discover` gets its package's."""
 
     def __init__(self, name: str, title: str, task: str,
-                 commands: dict[str, tuple[str, str]] | None = None, *, package: str = ""):
+                 commands: dict[str, tuple[str, str]] | None = None, *, package: str = "",
+                 recipes: str | Path | None = None):
         if package and task.startswith("."):
             task = package + task
         self.name, self.title, self.task = name, title, task
+        self.recipes = Path(recipes) if recipes is not None else None
         self.commands = {command: (text, target if ":" in target or not package
                                    else f"{package}.commands:{target}")
                          for command, (text, target) in (commands or {}).items()}
@@ -42,21 +49,37 @@ class Homework:
         return f"Homework({self.name!r}, {self.task!r})"
 
 
+def recipe_path(entry, name: str) -> Path:
+    """The file of recipe `name` of a homework entry (a `Homework`; anything else declares
+    no recipes), or a one-line error saying what to do instead."""
+    folder = getattr(entry, "recipes", None)
+    if folder is None:
+        raise UserError(f"{getattr(entry, 'name', name)}: this homework declares no recipes "
+                        "folder (Homework(..., recipes=DIR)); pass --config FILE")
+    path = Path(folder) / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"{path}: recipe not found; pass --config FILE, or reinstall the "
+                        "package that brings the homework's recipes")
+    return path
+
+
 def _natural(name: str) -> list:
     """hw2 before hw10."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def discover(package: ModuleType) -> dict[str, Homework]:
-    """Every `HOMEWORK` declared by a subpackage of `package`, then every installed one of the
-    "mlhw.homeworks" entry points (a name already taken by a subpackage keeps the subpackage),
-    sorted by name (hw2 before hw10)."""
+def discover(package: ModuleType, *, recipes: Path | None = None) -> dict[str, Homework]:
+    """Every `HOMEWORK` declared by a subpackage of `package` (its recipes in `recipes` unless
+    it names its own), then every installed one of the "mlhw.homeworks" entry points (a name
+    already taken by a subpackage keeps the subpackage), sorted by name (hw2 before hw10)."""
     found: dict[str, Homework] = {}
     for info in pkgutil.iter_modules(package.__path__):
         if info.ispkg:
             entry = getattr(importlib.import_module(f"{package.__name__}.{info.name}"),
                             "HOMEWORK", None)
             if isinstance(entry, Homework):
+                if entry.recipes is None:
+                    entry.recipes = recipes
                 found[entry.name] = entry
     for point in entry_points(group=ENTRY_POINT_GROUP):
         entry = point.load()

@@ -16,7 +16,6 @@ from common.errors import UserError
 from common.rundir import RunDir
 from common.tune import oof_value
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 IGNORED = {"data.dir"}   # where the data lies is not a change of recipe
 
 
@@ -78,8 +77,10 @@ def find_runs(root: Path, hw: str | None = None) -> list[tuple[str, RunDir]]:
 
 def default_config(tasks, hw: str) -> dict[str, Any]:
     task_cls = tasks[hw]()
-    path = REPO_ROOT / "configs" / f"{hw}.toml"
-    return flat(config_to_dict(load_config(task_cls.schema(), path if path.is_file() else None)))
+    recipes = getattr(tasks[hw], "recipes", None)
+    path = Path(recipes) / f"{hw}.toml" if recipes else None
+    return flat(config_to_dict(load_config(task_cls.schema(),
+                                           path if path and path.is_file() else None)))
 
 
 def run_config(tasks, hw: str, run: RunDir) -> dict[str, Any]:

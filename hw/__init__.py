@@ -5,7 +5,13 @@ under the "mlhw.homeworks" entry points, to that entry (the task class imported 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from common.homework import discover
 
-TASKS = discover(sys.modules[__name__])
+HERE = Path(__file__).resolve().parent
+# the recipes (configs/<hw>.toml): hw/configs is a link to the checkout's configs/ and a real
+# folder of package data once installed; a checkout without the link keeps them beside hw/
+RECIPES = next((d.resolve() for d in (HERE / "configs", HERE.parent / "configs")
+                if d.is_dir()), HERE / "configs")
+TASKS = discover(sys.modules[__name__], recipes=RECIPES)

@@ -5,6 +5,7 @@ registries whose errors list the names."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,14 +52,19 @@ def test_an_installed_package_declares_a_homework_by_entry_point(tmp_path):
     (here: a dist-info folder on PYTHONPATH, as pip writes it), gets every command."""
     (tmp_path / "extra_hw").mkdir()
     (tmp_path / "extra_hw" / "__init__.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+
         from common.homework import Homework
         from tests.toy import BlobsTask
 
         class ExtraTask(BlobsTask):
             name = "extra"
 
-        HOMEWORK = Homework("extra", "an assignment kept elsewhere", "extra_hw:ExtraTask")
+        HOMEWORK = Homework("extra", "an assignment kept elsewhere", "extra_hw:ExtraTask",
+                            recipes=Path(__file__).parent / "recipes")
     '''))
+    (tmp_path / "extra_hw" / "recipes").mkdir()
+    (tmp_path / "extra_hw" / "recipes" / "extra.toml").write_text("[trainer]\nseed = 321\n")
     info = tmp_path / "extra_hw-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-hw\nVersion: 0.1\n")
@@ -77,6 +83,62 @@ def test_an_installed_package_declares_a_homework_by_entry_point(tmp_path):
               "--set", 'trainer.device="cpu"')
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "r" / "submission.csv").is_file()
+    assert "seed = 321" in (tmp_path / "r" / "config.toml").read_text()   # its own recipe
+
+
+def test_a_missing_recipe_is_one_line_and_no_run(tmp_path, capsys):
+    """Without --config a command runs the homework's <name>.toml; a homework that declares no
+    recipes folder, or whose folder lacks the file, stops in one line (never the dataclass
+    defaults in silence)."""
+    from common.cli import main
+
+    blobs = write_blobs(tmp_path / "blobs")
+    args = ["blobs", "train", "--data", str(blobs), "--dry-run", "--out", str(tmp_path / "r")]
+    for entry, words in (
+            (Homework("blobs", "b", "tests.toy:BlobsTask"),
+             "blobs: this homework declares no recipes folder (Homework(..., recipes=DIR)); "
+             "pass --config FILE"),
+            (Homework("blobs", "b", "tests.toy:BlobsTask", recipes=tmp_path),
+             f"{tmp_path / 'blobs.toml'}: recipe not found; pass --config FILE")):
+        assert main({"blobs": entry}, args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+        assert not (tmp_path / "r").exists()
+    (tmp_path / "blobs.toml").write_text("[trainer]\nseed = 99\n")
+    assert main({"blobs": Homework("blobs", "b", "tests.toy:BlobsTask", recipes=tmp_path)},
+                args) == 0
+    assert "seed = 99" in (tmp_path / "r" / "config.toml").read_text()
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_elsewhere_runs_its_recipes_from_any_folder(tmp_path):
+    """`pip install .` (not editable: the wheel's files, recipes included as package data) and
+    then `mlhw hw1 train --demo` from a folder outside the checkout runs configs/hw1_demo.toml,
+    not the dataclass defaults."""
+    from common.config import load_config
+    from hw.hw1_covid.task import CovidTask
+
+    source, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "common", "hw", "configs"):  # no old build/
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy
+        copy(ROOT / part, source / part, **({"symlinks": True, "ignore": shutil.ignore_patterns(
+            "__pycache__")} if copy is shutil.copytree else {}))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--target", str(target), str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (target / "hw" / "configs" / "hw1_demo.toml").is_file()
+    elsewhere.mkdir()
+    run = subprocess.run([str(target / "bin" / "mlhw"), "hw1", "train", "--demo", "--dry-run",
+                          "--out", "run"], capture_output=True, text=True, cwd=elsewhere,
+                         env={**os.environ, "PYTHONPATH": str(target)}, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert str(target / "hw" / "configs" / "hw1_sample.toml") in run.stderr + run.stdout
+    schema = CovidTask.schema()
+    ran = load_config(schema, elsewhere / "run" / "config.toml")
+    recipe = load_config(schema, ROOT / "configs" / "hw1_demo.toml")
+    assert ran["model"] == recipe["model"] != load_config(schema, None)["model"]
 
 
 def test_a_registry_builds_by_name_and_lists_the_names_it_knows():
