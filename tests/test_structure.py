@@ -1,6 +1,7 @@
 """The house rules that keep the code easy to live in: no import circle inside common/ (lazy
 imports included; only `if TYPE_CHECKING:` blocks are exempt), common/ never imports a
-homework, and every homework package keeps its networks in model.py."""
+homework, no homework imports another, and every homework package keeps its networks in
+model.py."""
 
 from __future__ import annotations
 
@@ -69,6 +70,17 @@ def test_no_import_circle_in_common():
 def test_common_never_imports_a_homework():
     for path in (ROOT / "common").glob("*.py"):
         assert not _imports(path, "hw"), path
+
+
+def test_no_homework_imports_another():
+    """A homework imports `common` and its field's libraries, never another homework: what two
+    need (HW6's and HW8's demo faces) lives in common."""
+    packages = [p for p in (ROOT / "hw").iterdir() if (p / "__init__.py").is_file()]
+    assert len(packages) >= 8
+    for package in packages:
+        for path in package.rglob("*.py"):
+            others = {m.split(".")[1] for m in _imports(path, "hw") if m.count(".") >= 1}
+            assert others <= {package.name}, f"{path.relative_to(ROOT)} imports hw.{others}"
 
 
 def test_networks_live_in_model_py():

@@ -147,7 +147,7 @@ def demo_anomaly(rng: np.random.Generator, kind: str, size: int):
     thick random lines, its upper half blurred)."""
     from PIL import Image, ImageDraw, ImageFilter
 
-    from hw.hw6_gan.data import demo_face
+    from common.demo_faces import demo_face
 
     if kind == "shapes":
         im = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(100, 256, 3)))
@@ -177,7 +177,7 @@ def write_demo_data(dest: Path, *, n_train: int = 1500, n_normal: int = 150,
     """dest/data/{trainingset,testingset}.npy in Kaggle's layout: normal faces from HW6's demo
     face generator, and a test set of normal faces mixed with anomalies of DEMO_ANOMALIES
     (equal shares), with its answer key."""
-    from hw.hw6_gan.data import demo_face
+    from common.demo_faces import demo_face
 
     rng = np.random.default_rng(seed)
     folder = Path(dest) / "data"
