@@ -18,7 +18,7 @@ from common import distributed
 from common.config import Config, check_value, load_config, toml_value
 from common.errors import UserError
 from common.finished import average_run, ensemble_run, load_run_config, predict_run
-from common.fusion import FUSABLE
+from common.fusion import FUSABLE, METHODS
 from common.handoff import handoff
 from common.homework import recipe_path
 from common.kfold import kfold_run, predict_kfold
@@ -118,8 +118,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
         "without retraining, and write one submission.")
     en.add_argument("members", nargs="+", metavar="RUN_DIR",
                     help="run, k-fold or fold directories (or test_outputs.pt files)")
-    en.add_argument("--method", choices=("mean-prob", "mean-logit", "vote", "mean", "rank",
-                                          "zscore"),
+    en.add_argument("--method", choices=METHODS,
                     help="classes: mean-prob (default), mean-logit or vote (ties: summed "
                     "probability, then lowest class); regression: mean; anomaly scores: rank "
                     "(default), zscore or mean")

@@ -25,6 +25,8 @@ from common.ranking import average_ranks
 
 CLASS_METHODS = ("mean-prob", "mean-logit", "vote")
 SCORE_METHODS = ("rank", "zscore", "mean")
+# every --method / kfold.method (regression values: mean), as the command line lists them
+METHODS = (*CLASS_METHODS, *sorted(SCORE_METHODS))
 FUSABLE = ("values", "logits", "spans", "scores")
 OUTPUTS_FILE = "test_outputs.pt"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.config import option
+from common.fusion import METHODS
 
 
 @dataclass
@@ -39,8 +40,7 @@ class KFoldConfig:
     seed: int = 0                     # shuffles the folds
     # fusion of the fold models: mean-prob (default), mean-logit or vote; regression: mean;
     # anomaly scores: rank (default), zscore or mean
-    method: str = option("", choices=("", "mean-prob", "mean-logit", "vote", "mean", "rank",
-                                      "zscore"))
+    method: str = option("", choices=("", *METHODS))
     vary_seed: bool = True            # fold k trains with trainer.seed + k - 1
 
 
