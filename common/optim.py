@@ -12,7 +12,7 @@ from torch import nn
 
 from common.config import option
 from common.errors import UserError
-from common.models import Registry
+from common.registry import Registry
 
 SCHEDULES = ("constant", "step", "cosine", "linear", "inverse_sqrt")
 # torch.optim constructors by optim.name (registered below)

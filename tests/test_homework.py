@@ -14,7 +14,7 @@ import pytest
 
 from common.errors import UserError
 from common.homework import Homework, discover
-from common.models import Registry
+from common.registry import Registry
 from tests.conftest import ROOT
 from tests.toy import write_blobs
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.models import Registry, build_mlp
+from common.models import build_mlp
+from common.registry import Registry
 
 ARCHS = Registry("model.arch")  # (model config, input features, fitted basis) -> model
 RANK_TOL = 1e-7  # eigen-directions below this fraction of the largest eigenvalue are dropped

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models import Registry, build_mlp
+from common.models import build_mlp
+from common.registry import Registry
 from hw.hw2_phoneme.data import FEAT_DIM, N_CLASSES
 
 ARCHS = Registry("model.arch")

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from common.errors import UserError
-from common.models import Registry
+from common.registry import Registry
 
 ARCHS = Registry("model.arch")
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import UserError
-from common.models import Registry
+from common.registry import Registry
 
 PAD = 0                       # the SentencePiece model's padding id
 ARCHS = Registry("model.arch")  # (model config, vocabulary size) -> model

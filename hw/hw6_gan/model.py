@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import UserError
-from common.models import Registry
+from common.registry import Registry
 
 # (G, D) pairs by model.arch: a function of (model config, image size)
 ARCHS = Registry("model.arch")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models import Registry
+from common.registry import Registry
 
 ARCHS = Registry("model.arch")  # (model config, side) -> model
 
