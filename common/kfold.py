@@ -210,3 +210,15 @@ def predict_kfold(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | None
         predict_run(task_cls, fold, ckpt=ckpt, data_dir=data_dir, tta=tta)
     return ensemble_run(task_cls, folds, run_dir, data_dir=data_dir,
                         method=load_run_config(task_cls, run_dir)["kfold"].method)
+
+
+def oof_value(oof: dict[str, float], monitor: str) -> float:
+    """The out-of-fold metric that trainer.monitor names (valid_acc -> acc); a task with one
+    metric (HW1: mse, which its valid_loss equals) uses it for valid_loss too."""
+    metric = monitor.removeprefix("valid_")
+    if metric in oof:
+        return oof[metric]
+    if len(oof) == 1:
+        return next(iter(oof.values()))
+    raise UserError(f"tune --folds: trainer.monitor={monitor!r} has no out-of-fold value; "
+                    f"choose one of {', '.join('valid_' + k for k in oof)}")

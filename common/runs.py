@@ -13,8 +13,8 @@ from typing import Any
 
 from common.config import config_to_dict, load_config, toml_value
 from common.errors import UserError
+from common.kfold import oof_value
 from common.rundir import RunDir
-from common.tune import oof_value
 
 IGNORED = {"data.dir"}   # where the data lies is not a change of recipe
 

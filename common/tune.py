@@ -32,7 +32,7 @@ from common.config import (
 from common.errors import UserError
 from common.finished import ensemble_run
 from common.io import write_csv_atomic, write_text_atomic
-from common.kfold import kfold_run
+from common.kfold import kfold_run, oof_value
 from common.pipeline import dry_run_config, train_run
 from common.runlog import say
 from common.trainer import Callback
@@ -265,18 +265,6 @@ def counted(study) -> int:
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                         TrialState.RUNNING)))
-
-
-def oof_value(oof: dict[str, float], monitor: str) -> float:
-    """The out-of-fold metric that trainer.monitor names (valid_acc -> acc); a task with one
-    metric (HW1: mse, which its valid_loss equals) uses it for valid_loss too."""
-    metric = monitor.removeprefix("valid_")
-    if metric in oof:
-        return oof[metric]
-    if len(oof) == 1:
-        return next(iter(oof.values()))
-    raise UserError(f"tune --folds: trainer.monitor={monitor!r} has no out-of-fold value; "
-                    f"choose one of {', '.join('valid_' + k for k in oof)}")
 
 
 def run_trial(task_cls: type[Task], study: Study, trial) -> float:
