@@ -28,16 +28,12 @@ class MixConfig:
     label_smoothing: float = option(0.0, min=0.0, below=1.0)  # applied to the mixed soft targets
 
 
-def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -sum_c target_c log softmax(logits)_c."""
-    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
 def classification_loss(logits: torch.Tensor, target: torch.Tensor,
                         label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy for hard (integer) or soft (probability) targets."""
+    """Cross-entropy for hard (integer) or soft (probability) targets; soft targets (mixed
+    batches) carry their smoothing already."""
     if target.is_floating_point() and target.dim() == logits.dim():
-        return soft_target_cross_entropy(logits, target)
+        return F.cross_entropy(logits.float(), target)
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 

@@ -17,7 +17,6 @@ from common.mix import (
     MixConfig,
     classification_loss,
     sample_beta,
-    soft_target_cross_entropy,
 )
 from common.pipeline import fit_split, predict_outputs, train_run
 from common.rundir import RunDir
@@ -111,12 +110,15 @@ def test_fuse_methods():
 
 
 # --------------------------------------------------------------------------- mixup
-def test_soft_target_cross_entropy_equals_cross_entropy_for_one_hot():
+def test_classification_loss_for_hard_one_hot_and_mixed_targets():
     logits = torch.randn(8, 5)
     y = torch.randint(0, 5, (8,))
     hard = F.cross_entropy(logits, y)
-    assert torch.allclose(soft_target_cross_entropy(logits, F.one_hot(y, 5).float()), hard)
+    assert torch.allclose(classification_loss(logits, F.one_hot(y, 5).float()), hard)
     assert torch.allclose(classification_loss(logits, y), hard)
+    mixed = torch.softmax(torch.randn(8, 5), -1)   # -sum_c t_c log softmax_c, batch mean
+    by_hand = -(mixed * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(classification_loss(logits, mixed), by_hand)
     smooth = F.cross_entropy(logits, y, label_smoothing=0.1)
     soft = F.one_hot(y, 5).float() * 0.9 + 0.1 / 5
     assert torch.allclose(classification_loss(logits, soft), smooth, atol=1e-6)
