@@ -25,12 +25,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from common import distributed
-from common.batches import to_device
+from common.batches import take, to_cpu, to_device
 from common.checkpoint import CheckpointManager, load_checkpoint
 from common.config import option
 from common.data import build_loader, supports_batched_indexing
 from common.errors import UserError
-from common.evaluation import collect
 from common.objective import Objective, OptimizerSpec
 from common.optim import OptimConfig, SchedConfig
 from common.rundir import RunDir
@@ -345,9 +344,54 @@ class Trainer:
                             collate_fn=getattr(dataset, "collate_fn", None))
 
     # ---------------------------------------------------------------- evaluation
-    def collect(self, dataset, with_targets: bool = True, max_batches: int = 0):
-        """(predictions, targets, mean loss) in dataset order (common/evaluation.py)."""
-        return collect(self, dataset, with_targets, max_batches)
+    @torch.no_grad()
+    def collect(self, dataset, with_targets: bool = True, max_batches: int = 0
+                ) -> tuple[Any, Any, float | None]:
+        """(predictions, targets, mean loss) of the evaluated model over a dataset, in dataset
+        order and on the CPU: exact sharded evaluation, every process predicts its share, the
+        shares are gathered in rank order and put back in dataset order, each item once.
+        Predictions are what the task's predict/validation step returns, joined and finalized
+        by the task; targets and loss are None without with_targets (or when the task reports
+        none). Under torchrun every rank gets the whole."""
+        model, obj = self.eval_model, self.objective
+        distributed.broadcast_buffers(model)  # one model: rank 0's BN statistics
+        model.eval()
+        sampler = self.sampler(dataset, train=False)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, preds, targets = 0.0, [], []
+        for i, batch in enumerate(self.loader(dataset, sampler)):
+            if max_batches and i >= max_batches:
+                break
+            batch = self.to_device(batch)
+            target = loss = None
+            with self.autocast():
+                if with_targets:
+                    pred, target, loss = obj.validation_step(model, batch)
+                else:
+                    pred = obj.predict_step(model, batch)
+            if loss is not None:
+                n = obj.count(batch)
+                loss_sum += loss.double() * n
+                count = count + n
+            preds.append(to_cpu(pred))
+            if target is not None:
+                targets.append(to_cpu(target))
+        index = None
+        if not getattr(sampler, "in_order", True):  # where each prediction belongs
+            sampler.set_epoch(0)
+            index = torch.cat([torch.as_tensor(b) for b in list(sampler)[:len(preds)]]
+                              or [torch.zeros(0, dtype=torch.long)])
+        parts = distributed.all_gather_objects(
+            (obj.join(preds) if preds else None, obj.join(targets) if targets else None,
+             float(loss_sum), float(count), index))
+        preds = obj.join([p[0] for p in parts if p[0] is not None])
+        targets = [p[1] for p in parts if p[1] is not None]
+        targets = obj.join(targets) if targets else None
+        if index is not None:
+            order = torch.argsort(torch.cat([p[4] for p in parts]))
+            preds, targets = take(preds, order), take(targets, order)
+        loss_total, count = sum(p[2] for p in parts), sum(p[3] for p in parts)
+        return obj.finalize(preds, dataset), targets, (loss_total / count if count else None)
 
     def evaluate(self, dataset, max_batches: int = 0) -> dict[str, float]:
         """Mean loss (weighted by the task's count) and the task's metrics over a dataset."""
