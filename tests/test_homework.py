@@ -110,6 +110,29 @@ def test_a_missing_recipe_is_one_line_and_no_run(tmp_path, capsys):
     assert "seed = 99" in (tmp_path / "r" / "config.toml").read_text()
 
 
+def test_every_homework_finds_its_recipe_and_its_demo_recipe():
+    from common.homework import recipe_path
+    from hw import TASKS
+
+    for name, entry in TASKS.items():
+        task_cls = entry()
+        assert recipe_path(entry, name) == ROOT / "configs" / f"{name}.toml"
+        if task_cls.demo_config:
+            assert recipe_path(entry, task_cls.demo_config).is_file()
+
+
+def test_a_homework_command_without_config_runs_the_homework_recipe(tmp_path, capsys):
+    """`hw7 spans --data DIR` reads configs/hw7.toml (its window settings), here with the small
+    offline BERT in place of the download it names."""
+    from hw.cli import main as cli_main
+    from hw.hw7_qa.data import write_demo_data
+
+    demo = write_demo_data(tmp_path / "hw7")
+    assert cli_main(["hw7", "spans", "--data", str(demo), "--set", 'model.name=""']) == 0
+    said = capsys.readouterr()
+    assert "recoverable (100.00%)" in said.out + said.err
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_runs_its_recipes_from_any_folder(tmp_path):
     """`pip install .` (not editable: the wheel's files, recipes included as package data) and

@@ -25,7 +25,10 @@ def spans_command(argv: list[str]) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value")
     args = parser.parse_args(argv[1:])
-    config, _, _ = resolve_recipe(QATask, args.config, args.overrides, data=args.data)
+    from hw import TASKS  # this homework's entry: where its recipes are
+
+    config, _, _ = resolve_recipe(QATask, args.config, args.overrides,
+                                  homework=TASKS[QATask.name], data=args.data)
     task = QATask(config)
     data = task.load_train(Path(args.data))
     rows = np.arange(len(data))
