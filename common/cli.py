@@ -259,7 +259,7 @@ def _train(task_cls: type[Task], args) -> int:
                                                 data=args.data)
         if args.dry_run:
             config = dry_run_config(config)
-        name = config_path.stem if config_path else task_cls.name
+        name = config_path.stem
         name += "-kfold" if kfold else ""
         name += "-demo" if args.demo else ""
         name += "-dryrun" if args.dry_run else ""

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,18 +37,9 @@ def real_hw1() -> Path:
     return REAL_HW1
 
 
-def run_process(*args: str, cwd: Path | None = None, env: dict | None = None
-                ) -> subprocess.CompletedProcess:
-    """Run scripts/run.py in a fresh interpreter, as a user would: for what only a process
-    shows (its exit status from the script, environment variables, signals, a kill)."""
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
-                          env=env)
-
-
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """scripts/run.py's entry function in this process (common.testing.call), from `cwd` (the
-    checkout by default): exit status, stdout and stderr as run_process gives them."""
+    checkout by default): exit status, stdout and stderr as subprocess.run gives them."""
     from common.testing import call
     from hw.cli import main
 
