@@ -45,8 +45,7 @@ def load_run_model(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | Non
         config["predict"] = replace(config["predict"], tta=tta)
     ckpt_path = RunDir(run_dir).checkpoint(ckpt or default_checkpoint(config))
     state = load_checkpoint(ckpt_path)
-    task = task_cls(config)
-    task.load_state_dict(state.get("task", {}))
+    task = task_cls.with_state(config, state.get("task", {}))
     set_cpu_threads(config["trainer"].threads)
     model = task.build_model()
     try:
@@ -119,8 +118,7 @@ def ensemble_run(task_cls: type[Task], members: list[str | Path], out_dir: Path,
     config = _member_config(task_cls, members[0])
     if data_dir:
         config["data"] = replace(config["data"], dir=str(Path(data_dir).resolve()))
-    task = task_cls(config)
-    task.load_state_dict(first_state)
+    task = task_cls.with_state(config, first_state)
     test_data = task.load_test(data_dir_of(task))
     submission = write_outputs(task, test_data, fused, out_dir, info)
     if not RunDir(out_dir).config.exists():

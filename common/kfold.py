@@ -97,8 +97,9 @@ def _exists(path: Path) -> bool:
 
 def run_fold(task: Task, train_data, test_data, train_idx, held_out, fold_dir: Path,
              callbacks: list[Callback] = ()) -> dict:
-    """Train one fold (continuing it if it has a last.pt), then write its out-of-fold outputs,
-    metrics and test predictions. Its oof.pt, written last, marks the fold finished."""
+    """Train one fold with `task` fitted on train_idx (continuing it if it has a last.pt),
+    then write its out-of-fold outputs, metrics and test predictions. Its oof.pt, written
+    last, marks the fold finished."""
     fold = RunDir(fold_dir)
     resume = _exists(fold.last)
     if not resume and distributed.is_main():
@@ -133,16 +134,19 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
     if task_cls.output_kind not in FUSABLE:  # the folds' test outputs could not be fused
         raise UserError(f"{task_cls.name} predicts {task_cls.output_kind}, which k-fold cannot "
                         "fuse; use train (and ensembles of fusable homeworks)")
-    task = task_cls(config)
     kcfg = config["kfold"]
     set_cpu_threads(config["trainer"].threads)
-    data_dir = data_dir_of(task)
-    train_data = task.load_train(data_dir)
+    unfitted = task_cls(config)
+    data_dir = data_dir_of(unfitted)
+    train_data = unfitted.load_train(data_dir)
+    n = unfitted.num_train(train_data)
+    # fitted on every training item: it reads the test set and writes the fused submission;
+    # each fold's task is fitted on that fold's training items alone
+    task = unfitted.fitted(train_data, np.arange(n))
     test_data = task.load_test(data_dir)
     if task.num_test(test_data) == 0:
         raise UserError(f"{data_dir}: no test items; k-fold fuses the folds' test predictions, "
                         "so use train")
-    n = task.num_train(train_data)
     folds = make_folds(n, kcfg.folds, seed=kcfg.seed, split=kcfg.split,
                        labels=task.fold_labels(train_data), groups=task.fold_groups(train_data))
     with run_logging(run_dir):
@@ -166,8 +170,9 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
             else:
                 report(f"fold {k}/{len(folds)}: training on {len(train_idx)}, "
                      f"holding out {len(held_out)}")
-                result = run_fold(task.for_config(fold_config(config, k)), train_data,
-                                  test_data, train_idx, held_out, fold.path, callbacks)
+                fold_task = task_cls(fold_config(config, k)).fitted(train_data, train_idx)
+                result = run_fold(fold_task, train_data, test_data, train_idx, held_out,
+                                  fold.path, callbacks)
             shown = " ".join(f"{m} {v:.5g}" for m, v in result["metrics"].items())
             report(f"fold {k}/{len(folds)}: out-of-fold {shown}")
             results.append(result)
@@ -177,7 +182,10 @@ def kfold_run(task_cls: type[Task], config: Config, run_dir: Path, *,
         order = torch.argsort(torch.cat([r["index"] for r in results]))
         oof_out = take(concat([r["outputs"] for r in results]), order)
         oof_target = take(concat([r["targets"] for r in results]), order)
-        everything = task.labelled_dataset(train_data, np.arange(n))  # oof is in index order
+        # the folds' targets, in index order; spans are scored against the items' answers,
+        # which only the labelled items hold
+        everything = task.labelled_dataset(train_data, np.arange(n)) \
+            if task.output_kind == "spans" else None
         overall = {k: float(v) for k, v in task.metrics(oof_out, oof_target,
                                                         dataset=everything).items()}
         shown = " ".join(f"{m} {v:.5g}" for m, v in overall.items())

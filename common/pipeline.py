@@ -7,7 +7,9 @@ import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from common import distributed
@@ -129,11 +131,22 @@ def predict_and_write(task: Task, trainer: Trainer, test_data, run_dir: Path) ->
     return write_outputs(task, test_data, outputs, run_dir)
 
 
+def prepare(task_cls: type[Task], config: Config, data_dir: str | Path
+            ) -> tuple[Task, Any, tuple[np.ndarray, np.ndarray]]:
+    """Read the training data in data_dir, split it, and fit a task on the training part:
+    (the fitted task, the training data, (train_idx, valid_idx))."""
+    unfitted = task_cls(config)
+    train_data = unfitted.load_train(Path(data_dir))
+    split = unfitted.split(train_data)
+    return unfitted.fitted(train_data, split[0]), train_data, split
+
+
 def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | None = None,
               resume: bool = False, callbacks: list[Callback] = (), datasets=None) -> Trainer:
-    """Fit preprocessing and a fresh model on train_idx, validate on valid_idx, and leave the
-    weights chosen by predict.ckpt (best, or last: the final ones) in the returned trainer.
-    Without run_dir nothing is written. `datasets`: (train, valid) made already."""
+    """Fit a fresh model on train_idx with `task` (fitted on train_idx: `Task.fitted`),
+    validate on valid_idx, and leave the weights chosen by predict.ckpt (best, or last: the
+    final ones) in the returned trainer. Without run_dir nothing is written. `datasets`:
+    (train, valid) made already."""
     train_ds, valid_ds = datasets or task.make_datasets(train_data, train_idx, valid_idx)
     seed_everything(task.config["trainer"].seed)
     trainer = make_trainer(task, task.build_model(), run_dir, callbacks)
@@ -181,12 +194,10 @@ def train_run(task_cls: type[Task], config: Config, run_dir: Path, *, resume: bo
                         "or choose another --out")
     RunDir(run_dir).check_writable()
     check_run_config(task_cls, config)
-    task = task_cls(config)
     set_cpu_threads(config["trainer"].threads)
-    data_dir = data_dir_of(task)
-    train_data = task.load_train(data_dir)
+    data_dir = data_dir_of(task_cls(config))
+    task, train_data, split = prepare(task_cls, config, data_dir)
     test_data = task.load_test(data_dir)  # read before training: a bad file fails early
-    split = task.split(train_data)
     datasets = task.make_datasets(train_data, *split)  # and a config that does not fit it
     with run_logging(run_dir):  # the run directory exists only once the data is valid
         say(f"run directory: {run_dir}")

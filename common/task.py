@@ -44,17 +44,27 @@ class Task(Objective):
     def __init__(self, config: Config):
         self.config = config
 
+    @classmethod
+    def with_state(cls, config: Config, state: dict[str, Any]) -> Task:
+        """A task under `config` holding fitted `state` (what `fit` returned, or a checkpoint's
+        "task" entry): the only way fitted state reaches a task."""
+        task = cls(config)
+        task.load_state_dict(state)
+        return task
+
+    def fitted(self, train_data: Any, train_idx: np.ndarray) -> Task:
+        """This task's kind and config, holding what `fit` learns from train_data: the task the
+        engine hands every hook after `load_train` (load_test, make_datasets, build_model, ...)."""
+        return type(self).with_state(self.config, self.fit(train_data, train_idx))
+
     def class_count(self) -> int:
         """Classes of the model's output (mixup's one-hot width): the fixed `num_classes`, or
         what the data said (a task whose classes come from its files overrides this)."""
         return self.num_classes
 
     def for_config(self, config: Config) -> Task:
-        """A fresh task of the same kind under another config (a k-fold fold's), carrying
-        what this one learned from the data files (its state_dict)."""
-        task = type(self)(config)
-        task.load_state_dict(self.state_dict())
-        return task
+        """A task of the same kind under another config, holding this one's fitted state."""
+        return type(self).with_state(config, self.state_dict())
 
     @classmethod
     def schema(cls) -> dict[str, type]:
@@ -62,9 +72,16 @@ class Task(Objective):
                 "sched": SchedConfig, "trainer": TrainerConfig, "mix": MixConfig,
                 "predict": PredictConfig, "kfold": KFoldConfig, "tune": TuneConfig}
 
-    # --- data --------------------------------------------------------------------------
+    # --- data: load_train and split read the files and need no fitted state; every other
+    # hook is called on the task `fitted` returns. No hook sets state for another. ----------
     def load_train(self, data_dir: Path) -> Any:
         raise NotImplementedError
+
+    def fit(self, train_data: Any, train_idx: np.ndarray) -> dict[str, Any]:
+        """What the later hooks need, learned from the training data: a normaliser from the
+        items train_idx, a vocabulary, the class list. Returned in `state_dict`'s form (it is
+        saved in every checkpoint); must not change this task. Default: nothing to learn."""
+        return {}
 
     def load_test(self, data_dir: Path) -> Any:
         raise NotImplementedError
@@ -83,11 +100,12 @@ class Task(Objective):
         return split_train_valid(self.num_train(train_data), data.valid_ratio, data.split_seed)
 
     def make_datasets(self, train_data: Any, train_idx: np.ndarray, valid_idx: np.ndarray):
-        """Fit any preprocessing on the training part only; return (train, valid) datasets."""
+        """(train, valid) datasets under the fitted state (valid None when valid_idx is
+        empty)."""
         raise NotImplementedError
 
     def labelled_dataset(self, train_data: Any, idx: np.ndarray):
-        """Items idx of the training data, with labels, under the preprocessing already fitted."""
+        """Items idx of the training data, with labels, under the fitted state."""
         raise NotImplementedError
 
     def make_test_dataset(self, test_data: Any):
@@ -115,7 +133,8 @@ class Task(Objective):
     def write_submission(self, test_data: Any, outputs: torch.Tensor, path: Path) -> Path:
         raise NotImplementedError
 
-    # --- state fitted on the data (normalisation, vocabularies), saved in checkpoints -----
+    # --- the fitted state (normalisation, vocabularies): what `fit` returns, saved in
+    # checkpoints; load_state_dict is how `with_state` declares it on the task -------------
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -13,7 +13,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.config import load_config
-from common.pipeline import fit_split
+from common.pipeline import fit_split, prepare
 from hw.hw1_covid.task import CovidTask
 from tests.conftest import ROOT
 
@@ -120,9 +120,7 @@ def test_validation_metric_and_predictions_equal_a_single_process(straight):
     (every validation row counted once) and the same test predictions."""
     run = straight / "straight"
     config = load_config(CovidTask.schema(), run / "config.toml")
-    task = CovidTask(config)
-    data = task.load_train(Path(config["data"].dir))
-    train_idx, valid_idx = task.split(data)
+    task, data, (train_idx, valid_idx) = prepare(CovidTask, config, config["data"].dir)
     config["trainer"].epochs = 0
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     trainer = fit_split(task, data, train_idx, valid_idx)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.config import load_config
-from common.pipeline import fit_split, make_trainer
+from common.pipeline import fit_split, make_trainer, prepare
 from common.submission import validate_submission
 from hw.hw1_covid import data as covid
 from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
@@ -75,8 +75,7 @@ def test_2021_and_2023_layouts_load(tmp_path):
                "worried_finances", "tested_positive"]
     write_layout(tmp_path / "2021", "covid.train.csv", "covid.test.csv",
                  [f"S{i}" for i in range(40)], feats18, 3)
-    t21 = CovidTask(task().config)
-    table = t21.load_train(tmp_path / "2021")
+    t21, table, _ = prepare(CovidTask, task().config, tmp_path / "2021")
     assert table.features.shape == (60, 40 + 3 * 18 - 1)
     assert table.columns[-1] == "d3.worried_finances"
     assert len(t21.load_test(tmp_path / "2021")) == 20
@@ -109,23 +108,45 @@ def test_crlf_float_onehots_alternative_names_and_kaggle_nesting(hw1_demo, tmp_p
 def test_feature_choices(hw1_demo):
     t = task()
     table = t.load_train(hw1_demo)
-    tr, va = t.split(table)
-    t.make_datasets(table, tr, va)
-    assert "id" not in t.selected and len(t.selected) == 116
-    t = task("data.include_id=true", "data.include_states=false")
-    t.load_train(hw1_demo)
-    t.make_datasets(table, tr, va)
-    assert t.selected[0] == "id" and len(t.selected) == 80
+    tr, _ = t.split(table)
+    selected = t.fit(table, tr)["selected"]
+    assert "id" not in selected and len(selected) == 116
+    selected = task("data.include_id=true", "data.include_states=false").fit(table, tr)["selected"]
+    assert selected[0] == "id" and len(selected) == 80
     t = task("data.features=list", 'data.feature_list=["d*.tested_positive", "d5.cli", "AL"]')
-    t.load_train(hw1_demo)
-    t.make_datasets(table, tr, va)
-    assert t.selected == [f"d{d}.tested_positive" for d in range(1, 5)] + ["d5.cli", "AL"]
+    assert t.fit(table, tr)["selected"] == \
+        [f"d{d}.tested_positive" for d in range(1, 5)] + ["d5.cli", "AL"]
 
 
-def test_kbest_and_standardisation_use_the_training_split_only(hw1_demo):
+def test_fit_is_the_one_step_that_learns_and_a_task_rebuilt_from_its_state_agrees(hw1_demo):
+    """fit leaves its task as it was; the hooks after it read only the state it returned, so a
+    task made from that state alone (as predict makes one from a checkpoint) builds the same
+    inputs and the same model, in any order, without load_train."""
     t = task("data.features=kbest", "data.k=8")
     table = t.load_train(hw1_demo)
     tr, va = t.split(table)
+    before = t.state_dict()
+    state = t.fit(table, tr)
+    assert t.state_dict() == before and len(state["selected"]) == 8
+    fitted = t.fitted(table, tr)
+    reborn = CovidTask.with_state(fitted.config, state)
+    torch.manual_seed(0)
+    model = reborn.build_model()   # before any data hook
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 fitted.build_model().state_dict().values(),
+                                                 strict=True))
+    test = reborn.make_test_dataset(reborn.load_test(hw1_demo)).tensors[0]
+    assert torch.equal(test, fitted.make_test_dataset(fitted.load_test(hw1_demo)).tensors[0])
+    chosen = table.column_matrix(state["selected"])   # standardised by the training rows
+    expected = (chosen[va] - chosen[tr].mean(0)) / chosen[tr].std(0)
+    assert np.allclose(reborn.labelled_dataset(table, va).tensors[0].numpy(), expected,
+                       atol=1e-5)
+
+
+def test_kbest_and_standardisation_use_the_training_split_only(hw1_demo):
+    t, table, (tr, va) = prepare(CovidTask, task("data.features=kbest", "data.k=8").config,
+                                 hw1_demo)
     train_ds, valid_ds = t.make_datasets(table, tr, va)
     chosen = list(t.selected)
     assert len(chosen) == 8 and any("tested_positive" in c for c in chosen)
@@ -133,8 +154,7 @@ def test_kbest_and_standardisation_use_the_training_split_only(hw1_demo):
     assert x.mean(0).abs().max() < 1e-4 and (x.std(0) - 1).abs().max() < 1e-2
     assert valid_ds.tensors[0].mean(0).abs().max() > 1e-3  # valid rows are not re-centred
     table.target[va] = np.random.default_rng(0).permutation(table.target[va]) * 100
-    t.make_datasets(table, tr, va)
-    assert t.selected == chosen
+    assert t.fit(table, tr)["selected"] == chosen
 
 
 def test_learns_the_demo_data_beyond_chance(hw1_demo, tmp_path):
@@ -201,9 +221,7 @@ def test_sample_config_behaves_like_the_course_sample(real_hw1, hw1_demo):
     with momentum 0.9, and early stopping after 400 evaluations without improvement."""
     cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml",
                       [f'data.dir="{real_hw1}"'])
-    task = CovidTask(cfg)
-    table = task.load_train(real_hw1)
-    train_idx, valid_idx = task.split(table)
+    task, table, (train_idx, valid_idx) = prepare(CovidTask, cfg, real_hw1)
     assert (len(train_idx), len(valid_idx)) == (2160, 539)
     train, _ = task.make_datasets(table, train_idx, valid_idx)
     assert torch.equal(train.tensors[0][:, 0], torch.as_tensor(table.ids[train_idx],
@@ -218,9 +236,8 @@ def test_sample_config_behaves_like_the_course_sample(real_hw1, hw1_demo):
     cfg = load_config(CovidTask.schema(), ROOT / "configs" / "hw1_sample.toml",
                       [f'data.dir="{hw1_demo}"', "trainer.print_every_evals=1000000",
                        "optim.lr=0", "trainer.batch_size=100000"])
-    task = CovidTask(cfg)
-    table = task.load_train(hw1_demo)
-    st = fit_split(task, table, *task.split(table)).state
+    task, table, split = prepare(CovidTask, cfg, hw1_demo)
+    st = fit_split(task, table, *split).state
     assert st.stopped and st.bad_evals == 400 and len(st.history) == 401
     assert st.best_step == st.history[0]["step"]
 
@@ -248,8 +265,8 @@ def fit_sine(table, *overrides):
     t = task("model.arch=rbf", "optim.name=adam", "data.valid_ratio=0", "trainer.batch_size=4096",
              "trainer.epochs=300", "optim.lr=0.1", "optim.weight_decay=1e-4",
              "trainer.print_every_evals=1000000", *overrides)
-    t.columns = table.columns
     train_idx, held_out = np.arange(300), np.arange(300, len(table))
+    t = t.fitted(table, train_idx)
     trainer = fit_split(t, table, train_idx, np.arange(0))
     return t, trainer, train_idx, held_out
 

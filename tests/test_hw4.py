@@ -15,7 +15,7 @@ import torch
 
 from common.config import load_config
 from common.errors import UserError
-from common.pipeline import make_trainer, train_run
+from common.pipeline import make_trainer, prepare, train_run
 from hw.hw4_speaker import data as speech
 from hw.hw4_speaker.data import Utterances
 from hw.hw4_speaker.model import SpeakerNet
@@ -127,9 +127,8 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_item(demo, tmp_path):
 def test_batched_prediction_equals_each_utterance_alone(demo, tmp_path, overrides):
     cfg = config(demo, tmp_path, overrides=[*overrides, "data.eval_max_frames=3000",
                                             "model.d_model=32", "model.ff_dim=64"])
-    task = SpeakerTask(cfg)
+    task, _, _ = prepare(SpeakerTask, cfg, demo)
     test = task.load_test(demo)
-    task.load_train(demo)
     torch.manual_seed(0)
     trainer = make_trainer(task, task.build_model(), None)
     dataset = task.make_test_dataset(test)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common.config import load_config
+from common.pipeline import prepare
 from common.plots import read_steps
 from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
@@ -65,9 +66,7 @@ def test_backtranslation_end_to_end(demo, backward, tmp_path, capsys):
     assert len(lines) == 300
     config = load_config(TranslationTask.schema(), run / "config.toml",
                          [f'data.cache_dir="{tmp_path / "spm"}"'])
-    task = TranslationTask(config)
-    data = task.load_train(demo)
-    train_idx, valid_idx = task.split(data)
+    task, data, (train_idx, valid_idx) = prepare(TranslationTask, config, demo)
     train_ds, valid_ds = task.make_datasets(data, train_idx, valid_idx)
     assert len(train_ds) == 2 * len(train_idx) + len(en) and data.n_real == 6000
     assert len(valid_ds) == len(valid_idx) and valid_ds.rows.max() < data.n_real

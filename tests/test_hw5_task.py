@@ -10,7 +10,7 @@ import sacrebleu
 
 from common.checkpoint import load_checkpoint, prediction_weights
 from common.config import load_config
-from common.pipeline import train_run
+from common.pipeline import prepare, train_run
 from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.task import TranslationTask
@@ -38,9 +38,7 @@ def test_transformer_learns_the_demo_and_beam_is_at_least_greedy(demo, tmp_path)
     # about 40 after 4 epochs, +-1 between machines (SentencePiece trains with threads)
     assert result["best"] > 30 and score > copy + 30, (result["best"], score, copy)
     # beam against greedy on the held-out split, same weights
-    task = TranslationTask(config)
-    data = task.load_train(demo)
-    _, valid_idx = task.split(data)
+    task, data, (_, valid_idx) = prepare(TranslationTask, config, demo)
     valid = task.labelled_dataset(data, valid_idx)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     model = task.build_model()

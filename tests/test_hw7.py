@@ -17,7 +17,7 @@ from common.checkpoint import load_checkpoint, prediction_weights
 from common.config import load_config
 from common.errors import UserError
 from common.fusion import fuse
-from common.pipeline import make_trainer, train_run
+from common.pipeline import make_trainer, prepare, train_run
 from common.rundir import RunDir
 from common.submission import validate_submission
 from hw.cli import main as cli_main
@@ -144,8 +144,7 @@ def test_windows_map_back_to_the_real_paragraphs_and_gold_spans_come_back_exactl
 
 
 def test_training_windows_hold_the_answer_at_a_seeded_random_place(demo):
-    task = QATask(config(demo, overrides=["data.negatives=0.5"]))
-    data = task.load_train(demo)
+    task, data, _ = prepare(QATask, config(demo, overrides=["data.negatives=0.5"]), demo)
     rows = np.arange(task.n_train)
     kw = dict(max_length=64, max_question=16)
     train = win.TrainWindows(data, rows, task.tokenizer, seed=3, negatives=0.5, **kw)
@@ -199,8 +198,7 @@ def test_small_bert_learns_the_demo_and_the_best_span_rule_beats_the_naive_one(d
     result = train_run(QATask, cfg, tmp_path / "run")
     assert validate_submission(result["submission"], qadata.HEADER, range(300)) is not None
     state = load_checkpoint(RunDir(tmp_path / "run").checkpoint("best"))
-    task = QATask(cfg)
-    data = task.load_train(demo)
+    task, data, _ = prepare(QATask, cfg, demo)
     dev = task.labelled_dataset(data, np.arange(task.n_train, len(data)))
     model = task.build_model()
     model.load_state_dict(prediction_weights(state))
@@ -248,8 +246,8 @@ def test_a_model_that_cannot_be_loaded_gives_one_line(demo, monkeypatch):
 
 
 def test_layer_decay_numbers_the_bert_layers(demo):
-    task = QATask(config(demo, overrides=["optim.layer_decay=0.5", "model.layers=2"]))
-    task.load_train(demo)
+    task, _, _ = prepare(QATask, config(demo, overrides=["optim.layer_decay=0.5",
+                                                         "model.layers=2"]), demo)
     model = task.build_model()
     # the layer count comes from the model it is given, not from an earlier build_model
     fresh = task.for_config(task.config)
@@ -263,8 +261,8 @@ def test_layer_decay_numbers_the_bert_layers(demo):
 
 
 def test_best_span_rule_skips_what_the_naive_rule_falls_for(demo):
-    task = QATask(config(demo, overrides=["data.max_length=64", "data.doc_stride=16"]))
-    data = task.load_train(demo)
+    task, data, _ = prepare(QATask, config(demo, overrides=["data.max_length=64",
+                                                            "data.doc_stride=16"]), demo)
     row = task.n_train                                  # the first dev question
     windows = task.labelled_dataset(data, [row])
     w = int(np.flatnonzero(windows.targets[:, 0] > 0)[0])  # a window holding the answer

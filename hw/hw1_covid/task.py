@@ -64,6 +64,7 @@ class CovidTask(RegressionTask):
 
     def __init__(self, config):
         super().__init__(config)
+        # fitted state (`fit`), declared by load_state_dict
         self.columns: list[str] = []      # every feature column of the training file
         self.selected: list[str] = []     # the model's inputs, in order
         self.mean = self.std = None
@@ -71,21 +72,19 @@ class CovidTask(RegressionTask):
 
     # --- data -----------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> covid.CovidTable:
-        table = covid.load_train_table(data_dir)
-        self.columns = table.columns
-        return table
+        return covid.load_train_table(data_dir)
 
     def load_test(self, data_dir: Path) -> covid.CovidTable:
         return covid.load_test_table(data_dir, self.columns)
 
-    def candidate_columns(self) -> list[str]:
+    def candidate_columns(self, columns: list[str]) -> list[str]:
         cfg = self.config["data"]
-        names = [c for c in self.columns if "." in c or cfg.include_states]
+        names = [c for c in columns if "." in c or cfg.include_states]
         return (["id"] if cfg.include_id else []) + names
 
     def select_features(self, table: covid.CovidTable, train_idx: np.ndarray) -> list[str]:
         cfg = self.config["data"]
-        candidates = self.candidate_columns()
+        candidates = self.candidate_columns(table.columns)
         if cfg.features == "all":
             return candidates
         if cfg.features == "list":
@@ -116,15 +115,23 @@ class CovidTask(RegressionTask):
             x = (x - self.mean) / self.std
         return as_float_tensor(x)
 
-    def make_datasets(self, table, train_idx, valid_idx):
-        self.selected = self.select_features(table, train_idx)
-        self.mean = self.std = None
+    def fit(self, table, train_idx) -> dict:
+        """The columns, the features chosen and their scaling on the training rows, and the
+        rbf model's basis."""
+        selected = self.select_features(table, train_idx)
+        x = table.column_matrix(selected)[train_idx]
+        mean = std = None
         if self.config["data"].normalize:
-            x = table.column_matrix(self.selected)[train_idx]
-            std = x.std(axis=0)
-            self.mean, self.std = x.mean(axis=0), np.where(std > 1e-12, std, 1.0)
-        self.basis = fit_basis(self.config["model"], self._inputs(table, train_idx).numpy(),
-                               table.target[train_idx], seed=self.config["data"].split_seed)
+            spread = x.std(axis=0)
+            mean, std = x.mean(axis=0), np.where(spread > 1e-12, spread, 1.0)
+            x = (x - mean) / std
+        basis = fit_basis(self.config["model"], as_float_tensor(x).numpy(),
+                          table.target[train_idx], seed=self.config["data"].split_seed)
+        return {"columns": list(table.columns), "selected": selected,
+                "mean": None if mean is None else torch.from_numpy(mean),
+                "std": None if std is None else torch.from_numpy(std), "basis": basis}
+
+    def make_datasets(self, table, train_idx, valid_idx):
         valid = self.labelled_dataset(table, valid_idx) if len(valid_idx) else None
         return self.labelled_dataset(table, train_idx), valid
 

@@ -84,7 +84,7 @@ class FoodTask(ClassificationTask):
         if self.cache_size < data.image_size:
             raise UserError(f"data.cache_size={data.cache_size} is smaller than "
                             f"data.image_size={data.image_size}")
-        self.mean, self.std = [0.0] * 3, [255.0] * 3
+        self.mean, self.std = [0.0] * 3, [255.0] * 3    # fitted state (`fit`)
 
     # --- data -----------------------------------------------------------------------------
     def _load(self, data_dir: Path, names: tuple[str, ...]) -> food.FoodImages:
@@ -121,9 +121,15 @@ class FoodTask(ClassificationTask):
     def labelled_dataset(self, images, idx):
         return self._dataset(images, idx)
 
-    def make_datasets(self, images, train_idx, valid_idx):
+    def fit(self, images, train_idx) -> dict:
+        """The per-channel mean and std of the training images (data.normalize), else the
+        plain 0..255 scaling."""
         if self.config["data"].normalize:
-            self.mean, self.std = channel_stats(images.array, images.rows[train_idx])
+            mean, std = channel_stats(images.array, images.rows[train_idx])
+            return {"mean": mean, "std": std}
+        return {"mean": [0.0] * 3, "std": [255.0] * 3}
+
+    def make_datasets(self, images, train_idx, valid_idx):
         train = self._dataset(images, train_idx, self.train_transform())
         return train, (self._dataset(images, valid_idx) if len(valid_idx) else None)
 

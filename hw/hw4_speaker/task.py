@@ -85,7 +85,7 @@ class SpeakerTask(ClassificationTask):
 
     def __init__(self, config):
         super().__init__(config)
-        self.speakers: list[str] = []
+        self.speakers: list[str] = []     # fitted state (`fit`)
 
     # --- data -----------------------------------------------------------------------------
     def _store(self, utts: speech.Recordings, desc: str) -> speech.PackedMels:
@@ -94,8 +94,11 @@ class SpeakerTask(ClassificationTask):
 
     def load_train(self, data_dir: Path):
         utts = speech.load_train(data_dir)
-        self.speakers = utts.speakers
         return utts, self._store(utts, "pack train")
+
+    def fit(self, data, train_idx) -> dict:
+        """The speakers named in the training metadata (every one, in its order)."""
+        return {"speakers": list(data[0].speakers)}
 
     def load_test(self, data_dir: Path):
         utts = speech.load_test(data_dir)
@@ -151,7 +154,8 @@ class SpeakerTask(ClassificationTask):
 
     def build_model(self) -> nn.Module:
         if not self.speakers:
-            raise UserError("hw4: the speakers are unknown; load the training data first")
+            raise UserError("hw4: the speakers are unknown; build the model with a task fitted "
+                            "on the training data (Task.fitted)")
         return SpeakerNet(self.config["model"], len(self.speakers))
 
     def forward(self, model, batch):

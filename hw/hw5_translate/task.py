@@ -94,12 +94,14 @@ class Pairs:
 
 @dataclass
 class Bitext:
-    """Real pairs (rows 0..n_real-1, the ones split, validated and folded) then synthetic."""
+    """Real pairs (rows 0..n_real-1, the ones split, validated and folded) then synthetic, as
+    ids of the SentencePiece model `spm` learned from every real pair's two sides."""
 
     corpus: mt.Corpus
     src: mt.Packed
     tgt: mt.Packed
     n_real: int
+    spm: bytes
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class TranslationTask(Task):
     def __init__(self, config, *, sampling: Sampling | None = None):
         """`sampling`: predictions are drawn (seeded) instead of searched (model.beam)."""
         super().__init__(config)
-        self.spm_proto: bytes = b""
+        self.spm_proto: bytes = b""    # fitted state (`fit`)
         self._sp = None
         self.sampling = sampling
         self._generator = torch.Generator().manual_seed(sampling.seed) if sampling else None
@@ -144,8 +146,8 @@ class TranslationTask(Task):
     def sp(self):
         if self._sp is None:
             if not self.spm_proto:
-                raise UserError("hw5: the SentencePiece model is unknown; load the training "
-                                "data first")
+                raise UserError("hw5: the SentencePiece model is unknown; use a task "
+                                "fitted on the training data (Task.fitted)")
             import sentencepiece as spm
 
             self._sp = spm.SentencePieceProcessor(model_proto=self.spm_proto)
@@ -163,13 +165,18 @@ class TranslationTask(Task):
             raise UserError(f"{corpus.root}: no training pair survives cleaning and filtering")
         sp = mt.train_spm(corpus.en + corpus.zh, vocab_size=cfg.vocab_size,
                           cache_dir=cfg.cache_dir, sources=list(mt.train_pair_paths(corpus.root)))
-        self.spm_proto, self._sp = sp.serialized_model_proto(), sp
         src, tgt = self._sides(corpus)
         if cfg.synthetic:  # subwords come from the real pairs alone, as for the backward model
             syn = mt.load_synthetic(cfg.synthetic)
             extra_src, extra_tgt = self._sides(syn)
             src, tgt = src + extra_src, tgt + extra_tgt
-        return Bitext(corpus, mt.pack(sp, src), mt.pack(sp, tgt), len(corpus))
+        return Bitext(corpus, mt.pack(sp, src), mt.pack(sp, tgt), len(corpus),
+                      sp.serialized_model_proto())
+
+    def fit(self, data: Bitext, train_idx) -> dict:
+        """The subword model the training pairs were read with (learned from all of them,
+        as the course does)."""
+        return {"spm": data.spm}
 
     def load_test(self, data_dir: Path) -> mt.Packed:
         source = self.config["data"].direction.split("-")[0]

@@ -76,9 +76,24 @@ class GanModelConfig:
     log_d_layers: bool = True                   # D's per-layer gradient norms in steps.csv
 
 
+@dataclass(frozen=True)
+class FaceSet:
+    """The decoded training faces (N, S, S, 3) uint8 and the key naming them in caches."""
+
+    array: np.ndarray
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+
 class LatentCodes(TensorDataset):
-    """Fixed latent codes: the validation set (with the real statistics to score against) and
-    the test set (the 1000 submission images)."""
+    """Fixed latent codes: the validation set (with the real faces its images are scored
+    against) and the test set (the 1000 submission images)."""
+
+    def __init__(self, codes: torch.Tensor, real: FaceSet | None = None):
+        super().__init__(codes)
+        self.real = real
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
@@ -177,21 +192,18 @@ class GanTask(Task):
     def __init__(self, config):
         super().__init__(config)
         self._features: dict[str, nn.Module] = {}
-        self._real: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._real: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.policy = parse_policy(config["model"].augment)
         doublings(config["data"].image_size)  # a size the networks cannot build: one line now
-        self.faces: np.ndarray | None = None
-        self.faces_key = ""
 
     # --- data ---------------------------------------------------------------------------
-    def load_train(self, data_dir: Path) -> np.ndarray:
+    def load_train(self, data_dir: Path) -> FaceSet:
         cfg = self.config["data"]
         files = faces.face_files(data_dir)
         files = files[:cfg.limit] if cfg.limit else files
         cached = load_images(files, cfg.image_size, cache_dir=cfg.cache_dir or None,
                              skip_bad=cfg.skip_bad_images, desc="decode faces")
-        self.faces, self.faces_key = cached.array, files_key(files, cfg.image_size)
-        return cached.array
+        return FaceSet(cached.array, files_key(files, cfg.image_size))
 
     def load_test(self, data_dir: Path) -> LatentCodes:
         """The test set: the latent codes of the 1000 submission images (no files)."""
@@ -204,15 +216,15 @@ class GanTask(Task):
         gen = torch.Generator().manual_seed(derive_seed(self.config["trainer"].seed, salt))
         return torch.randn(n, self.config["model"].z_dim, generator=gen)
 
-    def split(self, array):
-        return np.arange(len(array)), np.zeros(0, dtype=np.int64)
+    def split(self, faces: FaceSet):
+        return np.arange(len(faces)), np.zeros(0, dtype=np.int64)
 
-    def labelled_dataset(self, array, idx):
-        return ImageDataset(array, idx)
+    def labelled_dataset(self, faces: FaceSet, idx):
+        return ImageDataset(faces.array, idx)
 
-    def make_datasets(self, array, train_idx, valid_idx):
-        return ImageDataset(array, train_idx), \
-            LatentCodes(self.codes(self.config["model"].fid_images, FIXED_CODES))
+    def make_datasets(self, faces: FaceSet, train_idx, valid_idx):
+        return ImageDataset(faces.array, train_idx), \
+            LatentCodes(self.codes(self.config["model"].fid_images, FIXED_CODES), real=faces)
 
     def make_test_dataset(self, codes: LatentCodes) -> LatentCodes:
         return codes
@@ -322,27 +334,31 @@ class GanTask(Task):
                 self.config["model"].inception if kind == "inception" else "", device)
         return self._features[kind]
 
-    def real_statistics(self, net: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    def real_statistics(self, net: nn.Module, faces: FaceSet) -> tuple[np.ndarray, np.ndarray]:
         """Mean and covariance of the real faces' features (data.fid_real of them, a seeded
         choice), computed once and cached beside the image cache."""
-        if net.name not in self._real:
-            if self.faces is None:
-                raise UserError("hw6: the faces are not loaded; load the training data first")
-            n = self.config["data"].fid_real or len(self.faces)
-            rows = np.sort(np.random.default_rng(0).permutation(len(self.faces))[:n])
-            images = torch.from_numpy(np.ascontiguousarray(self.faces[rows])).permute(0, 3, 1, 2)
-            self._real[net.name] = fid.cached_statistics(
-                net, images, f"{self.faces_key}-{n}", self.config["data"].cache_dir or None)
-        return self._real[net.name]
+        n = self.config["data"].fid_real or len(faces)
+        key = f"{faces.key}-{n}"
+        if (net.name, key) not in self._real:
+            rows = np.sort(np.random.default_rng(0).permutation(len(faces))[:n])
+            images = torch.from_numpy(np.ascontiguousarray(faces.array[rows])).permute(0, 3, 1, 2)
+            self._real[net.name, key] = fid.cached_statistics(
+                net, images, key, self.config["data"].cache_dir or None)
+        return self._real[net.name, key]
 
-    def metrics(self, images, targets, dataset=None):
-        """proxy_fid always; fid (InceptionV3) too when model.inception names the weights."""
+    def metrics(self, images, targets, dataset: LatentCodes = None):
+        """proxy_fid always; fid (InceptionV3) too when model.inception names the weights:
+        against the real faces the validation codes carry."""
+        if dataset is None or dataset.real is None:
+            raise UserError("hw6: FID needs the real faces; score the validation codes "
+                            "make_datasets returns")
         kinds = ("proxy", "inception") if self.config["model"].inception else ("proxy",)
         out = {}
         for kind in kinds:
             net = self.feature_net(kind)
             out["proxy_fid" if kind == "proxy" else "fid"] = fid.frechet_distance(
-                *fid.statistics(fid.image_features(net, images)), *self.real_statistics(net))
+                *fid.statistics(fid.image_features(net, images)),
+                *self.real_statistics(net, dataset.real))
         return out
 
     # --- submission -------------------------------------------------------------------------

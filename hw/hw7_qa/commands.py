@@ -29,9 +29,9 @@ def spans_command(argv: list[str]) -> int:
 
     config, _, _ = resolve_recipe(QATask, args.config, args.overrides,
                                   homework=TASKS[QATask.name], data=args.data)
-    task = QATask(config)
-    data = task.load_train(Path(args.data))
+    data = QATask(config).load_train(Path(args.data))
     rows = np.arange(len(data))
+    task = QATask(config).fitted(data, rows)
     total = found = 0
     for split, part in (("train", rows[:data.n_train]), ("dev", rows[data.n_train:])):
         ok = int(task.labelled_dataset(data, part).recoverable.sum())

@@ -35,6 +35,7 @@ class QASet:
     starts: np.ndarray | None
     ends: np.ndarray | None
     n_train: int = 0         # train and dev joined: the first n_train questions are train's
+    n_train_paragraphs: int = 0   # ... and the first n_train_paragraphs paragraphs
 
     def __len__(self) -> int:
         return len(self.questions)

@@ -64,8 +64,9 @@ class QATask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        self.vocab: list[str] = []
-        self.n_train = 0      # questions from hw7_train.json; dev's follow them
+        # fitted state (`fit`)
+        self.vocab: list[str] = []   # the characters of the small model (no model.name)
+        self.n_train = 0             # questions from hw7_train.json; dev's follow them
         self._tokenizer = None
 
     # --- tokenizer ----------------------------------------------------------------------
@@ -75,8 +76,8 @@ class QATask(Task):
             name = self.config["model"].name
             if not name:
                 if not self.vocab:
-                    raise UserError("hw7: the character vocabulary is unknown; load the "
-                                    "training data first")
+                    raise UserError("hw7: the character vocabulary is unknown; use a "
+                                    "task fitted on the training data (Task.fitted)")
                 self._tokenizer = win.char_tokenizer(self.vocab)
             else:
                 from transformers import AutoTokenizer
@@ -95,12 +96,15 @@ class QATask(Task):
     # --- data ---------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> qadata.QASet:
         train, dev = qadata.load(data_dir, "train"), qadata.load(data_dir, "dev")
-        if not self.config["model"].name:
-            self.vocab = win.char_vocab(train.paragraphs + train.questions,
-                                        self.config["data"].min_char_freq)
-            self._tokenizer = None
-        self.n_train = len(train)
         return join_sets(train, dev)
+
+    def fit(self, data: qadata.QASet, train_idx) -> dict:
+        """The small model's characters (those of hw7_train.json's paragraphs and questions
+        seen data.min_char_freq times), and where dev's questions start."""
+        vocab = [] if self.config["model"].name else win.char_vocab(
+            data.paragraphs[:data.n_train_paragraphs] + data.questions[:data.n_train],
+            self.config["data"].min_char_freq)
+        return {"vocab": vocab, "n_train": data.n_train}
 
     def load_test(self, data_dir: Path) -> qadata.QASet:
         return qadata.load(data_dir, "test")
@@ -202,4 +206,4 @@ def join_sets(a: qadata.QASet, b: qadata.QASet) -> qadata.QASet:
                         np.concatenate([a.paragraph_ids, b.paragraph_ids + len(a.paragraphs)]),
                         a.questions + b.questions, a.answers + b.answers,
                         np.concatenate([a.starts, b.starts]), np.concatenate([a.ends, b.ends]),
-                        n_train=len(a))
+                        n_train=len(a), n_train_paragraphs=len(a.paragraphs))

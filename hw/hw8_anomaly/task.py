@@ -61,13 +61,15 @@ class Hw8Task(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        self.side = 0                       # the training faces' side in pixels
+        self.side = 0      # fitted state (`fit`): the training faces' side in pixels
 
     # --- data -----------------------------------------------------------------------------
     def load_train(self, data_dir: Path) -> data.Images:
-        faces = data.load_train(data_dir)
-        self.side = faces.array.shape[1]
-        return faces
+        return data.load_train(data_dir)
+
+    def fit(self, faces: data.Images, train_idx) -> dict:
+        """The side the test faces must have and the model is built for."""
+        return {"side": int(faces.array.shape[1])}
 
     def load_test(self, data_dir: Path) -> data.Images:
         return data.load_test(data_dir, self.side)

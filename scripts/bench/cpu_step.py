@@ -58,7 +58,7 @@ def one_run(data_dir: Path, epochs: int, flush: bool, fused: bool) -> tuple[floa
     order = np.random.default_rng(0).permutation(task.num_train(data))
     cut = len(order) * 4 // 5
     start = time.perf_counter()
-    trainer = fit_split(task, data, order[:cut], order[cut:])
+    trainer = fit_split(task.fitted(data, order[:cut]), data, order[:cut], order[cut:])
     seconds = time.perf_counter() - start
     mse = trainer.state.history[-1]["valid_loss"]
     return seconds / max(1, trainer.state.step), denormal_entries(trainer), mse

@@ -149,10 +149,10 @@ def measure(recipe: Recipe, data_dir: Path, cache: Path, variant: dict, *,
     task = task_cls(config)
     train_data = task.load_train(data_dir)
     train_idx, valid_idx = task.split(train_data)
+    task = task.fitted(train_data, train_idx)
     train_ds, valid_ds = task.make_datasets(train_data, train_idx, valid_idx)
     accum = config["trainer"].accum_steps
     total = warmup + steps
-    # the same task: build_model reads what make_datasets fitted (HW3's mean/std, HW8's side)
     cfg = config["trainer"]
     # the batches of one training epoch, as Trainer.sampler asks the task for them
     batches = task.batch_sampler(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed,

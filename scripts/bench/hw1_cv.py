@@ -41,8 +41,9 @@ def cv_mse(config_path: Path, data_dir: Path, overrides: list[str] = (), folds: 
     for train_part, held_out in KFold(folds, shuffle=True, random_state=0).split(table.ids):
         inner_train, inner_valid = split_train_valid(len(train_part), data_cfg.valid_ratio,
                                                      data_cfg.split_seed)
-        trainer = fit_split(task, table, train_part[inner_train], train_part[inner_valid])
-        scores.append(trainer.evaluate(task.labelled_dataset(table, held_out))["mse"])
+        fold = task.fitted(table, train_part[inner_train])
+        trainer = fit_split(fold, table, train_part[inner_train], train_part[inner_valid])
+        scores.append(trainer.evaluate(fold.labelled_dataset(table, held_out))["mse"])
     return np.array(scores)
 
 

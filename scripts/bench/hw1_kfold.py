@@ -40,6 +40,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hw1" / "2022"
 
 def held_out_outputs(task: CovidTask, table, train_idx, held_out) -> torch.Tensor:
     """Train on train_idx (no validation rows) and predict the held-out rows."""
+    task = task.fitted(table, train_idx)
     trainer = fit_split(task, table, train_idx, np.array([], dtype=np.int64))
     return trainer.predict(task.labelled_dataset(table, held_out))
 
