@@ -14,20 +14,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from common import distributed
-from common.config import Config, check_value, load_config, toml_value
-from common.errors import UserError
-from common.finished import average_run, ensemble_run, load_run_config, predict_run
-from common.fusion import FUSABLE, METHODS
-from common.handoff import handoff
+from common.core import distributed
+from common.core.config import Config, check_value, load_config, toml_value
+from common.core.errors import UserError
+from common.engine.fusion import FUSABLE, METHODS
+from common.engine.rundir import RunDir
+from common.engine.runlog import say
+from common.engine.task import Task
+from common.experiments.finished import average_run, ensemble_run, load_run_config, predict_run
+from common.experiments.handoff import handoff
+from common.experiments.kfold import kfold_run, predict_kfold
+from common.experiments.pipeline import dry_run_config, train_run
+from common.experiments.tune import Study, check_storage, format_table, parse_space, tune
 from common.homework import recipe_path
-from common.kfold import kfold_run, predict_kfold
-from common.pipeline import dry_run_config, train_run
-from common.rundir import RunDir
-from common.runlog import say
-from common.scaffold import KINDS, new
-from common.task import Task
-from common.tune import Study, check_storage, format_table, parse_space, tune
+from common.scaffold.new import KINDS, new
 
 # what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
@@ -408,7 +408,7 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
                 f"python -m pytest {written[-1]}")
             return 0
         if args.task in ("runs", "compare"):
-            from common import runs as run_table
+            from common.experiments import runs as run_table
 
             if args.task == "runs":
                 return run_table.runs_command(tasks, args.root, hw=args.hw, sort=args.sort)
@@ -422,7 +422,7 @@ def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
         if args.action == "tune":
             return _tune(task_cls, args)
         if args.action == "download":
-            from common.handoff import download
+            from common.experiments.handoff import download
 
             say(f"data: {download(task_cls, Path(args.dest or f'data/{task_cls.name}'))}")
             return 0

@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from common.errors import UserError
+from common.core.errors import UserError
 
 ENTRY_POINT_GROUP = "mlhw.homeworks"
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
-from common.errors import UserError
-from common.rundir import RunDir
-from common.submission import validate_submission, write_submission
+from common.core.errors import UserError
+from common.engine.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from common.engine.rundir import RunDir
+from common.experiments.submission import validate_submission, write_submission
 
 
 def test_checkpoint_round_trip_and_no_temp_files(tmp_path):

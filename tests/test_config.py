@@ -2,10 +2,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.config import dumps_toml, load_config, parse_override, save_config
-from common.errors import UserError
-from common.optim import OptimConfig
-from common.trainer import TrainerConfig
+from common.core.config import dumps_toml, load_config, parse_override, save_config
+from common.core.errors import UserError
+from common.engine.optim import OptimConfig
+from common.engine.trainer import TrainerConfig
 
 
 @dataclass

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.config import load_config
-from common.pipeline import fit_split, prepare
+from common.core.config import load_config
+from common.engine.checkpoint import load_checkpoint
+from common.experiments.pipeline import fit_split, prepare
 from hw.hw1_covid.task import CovidTask
 from tests.conftest import ROOT
 
@@ -29,10 +29,10 @@ CHILD = """
 import hashlib, os, sys
 sys.path.insert(0, {root!r})
 import torch
-from common import distributed
-from common.config import load_config
-from common.pipeline import train_run
-from common.trainer import Callback
+from common.core import distributed
+from common.core.config import load_config
+from common.experiments.pipeline import train_run
+from common.engine.trainer import Callback
 from {module} import {task} as TaskClass
 
 distributed.init_from_env()

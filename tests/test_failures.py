@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import io as common_io
-from common.checkpoint import load_checkpoint
+from common.core import io as common_io
+from common.engine.checkpoint import load_checkpoint
 from hw.cli import main
 from tests.conftest import ROOT, run_cli
 
@@ -263,7 +263,7 @@ def test_a_write_failing_mid_run_keeps_the_last_good_checkpoint(ws, capsys, monk
                 raise OSError(code_, "simulated", str(path))
         return real(path, mode)
 
-    monkeypatch.setattr("common.checkpoint.atomic_write", failing)
+    monkeypatch.setattr("common.engine.checkpoint.atomic_write", failing)
     code = main(["hw1", "train", "--data", "data", "--out", "new", "--set", "trainer.epochs=3",
                  "--set", "trainer.batch_size=512", "--set", "trainer.save_every_epochs=1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -272,7 +272,7 @@ def test_a_write_failing_mid_run_keeps_the_last_good_checkpoint(ws, capsys, monk
         "kept" in err[-1] and "--resume new" in err[-1]
     assert load_checkpoint(ws / "new" / "checkpoints" / "last.pt")["trainer"]["epoch"] == 1
     assert not [p for p in (ws / "new").rglob("*") if ".tmp" in p.name]
-    monkeypatch.setattr("common.checkpoint.atomic_write", real)
+    monkeypatch.setattr("common.engine.checkpoint.atomic_write", real)
     assert main(["hw1", "train", "--resume", "new"]) == 0
     assert (ws / "new" / "pred.csv").is_file()
 
@@ -377,7 +377,7 @@ def test_a_wrapped_write_error_is_the_oserror_it_was(tmp_path):
     code = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
-        from common.checkpoint import save_torch_file
+        from common.engine.checkpoint import save_torch_file
         try:
             save_torch_file({str(tmp_path / 'big.pt')!r}, torch.zeros(100_000))
         except OSError as exc:

@@ -12,9 +12,9 @@ import textwrap
 
 import pytest
 
-from common.errors import UserError
+from common.core.errors import UserError
+from common.core.registry import Registry
 from common.homework import Homework, discover
-from common.registry import Registry
 from tests.conftest import ROOT
 from tests.toy import write_blobs
 
@@ -138,7 +138,7 @@ def test_a_wheel_installed_elsewhere_runs_its_recipes_from_any_folder(tmp_path):
     """`pip install .` (not editable: the wheel's files, recipes included as package data) and
     then `mlhw hw1 train --demo` from a folder outside the checkout runs configs/hw1_demo.toml,
     not the dataclass defaults."""
-    from common.config import load_config
+    from common.core.config import load_config
     from hw.hw1_covid.task import CovidTask
 
     source, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
@@ -204,7 +204,7 @@ def test_homework_entry_reports_its_task():
 def test_runs_take_a_metrics_direction_from_the_run_and_its_task():
     """The monitored metric follows the run's trainer.mode; another follows what its task
     declares, not a guess from the name ('accent_loss' holds 'acc', 'mem' holds 'em')."""
-    from common.runs import metric_mode
+    from common.experiments.runs import metric_mode
     from hw import TASKS
 
     hw1, hw3, hw5 = (TASKS[n]() for n in ("hw1", "hw3", "hw5"))

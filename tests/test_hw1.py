@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common.config import load_config
-from common.pipeline import fit_split, make_trainer, prepare
-from common.submission import validate_submission
+from common.core.config import load_config
+from common.experiments.pipeline import fit_split, make_trainer, prepare
+from common.experiments.submission import validate_submission
 from hw.hw1_covid import data as covid
 from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
 from hw.hw1_covid.task import CovidTask

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import load_config
-from common.errors import UserError
-from common.kfold import make_folds
-from common.pipeline import fit_split
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.experiments.kfold import make_folds
+from common.experiments.pipeline import fit_split
 from hw.hw2_phoneme import data as phone
 from hw.hw2_phoneme.task import PhonemeTask, split_utterances
 from tests.conftest import ROOT, run_cli

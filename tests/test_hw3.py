@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from common import images as img_cache
-from common.config import load_config
-from common.data import build_loader
-from common.errors import UserError
-from common.finished import predict_run
-from common.kfold import kfold_run
-from common.pipeline import train_run
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.data import images as img_cache
+from common.data.loading import build_loader
+from common.experiments.finished import predict_run
+from common.experiments.kfold import kfold_run
+from common.experiments.pipeline import train_run
 from hw.hw3_food import data as food
 from hw.hw3_food.task import FoodTask
 from tests.conftest import ROOT, SHARED, run_cli
@@ -282,7 +282,7 @@ def test_recipes_on_demo_data(demo, tmp_path):
 @pytest.mark.slow
 def test_killed_augmented_run_with_workers_resumes_exactly(demo, tmp_path):
     """Per-item augmentation seeds make a mid-epoch resume exact with loader workers too."""
-    from common.checkpoint import load_checkpoint
+    from common.engine.checkpoint import load_checkpoint
     from tests.test_resume import run_and_kill
 
     config = str(ROOT / "configs" / "hw3_cpu.toml")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common.config import load_config
-from common.errors import UserError
-from common.pipeline import make_trainer, prepare, train_run
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.experiments.pipeline import make_trainer, prepare, train_run
 from hw.hw4_speaker import data as speech
 from hw.hw4_speaker.data import Utterances
 from hw.hw4_speaker.model import SpeakerNet
@@ -212,8 +212,8 @@ def test_recipes_on_demo_voices(demo, tmp_path):
 
 
 def test_kfold_dry_run_with_test_time_crops_writes_the_submission(demo, tmp_path):
-    from common.kfold import kfold_run
-    from common.pipeline import dry_run_config
+    from common.experiments.kfold import kfold_run
+    from common.experiments.pipeline import dry_run_config
 
     cfg = dry_run_config(config(demo, tmp_path, overrides=[
         "kfold.folds=2", "predict.tta=2", "data.tta_crop=64", "model.d_model=32"]))

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from common.errors import UserError
+from common.core.errors import UserError
 from hw.hw5_translate import data as mt
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import load_config
-from common.pipeline import prepare
-from common.plots import read_steps
+from common.core.config import load_config
+from common.engine.plots import read_steps
+from common.experiments.pipeline import prepare
 from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.model import Seq2SeqRNN

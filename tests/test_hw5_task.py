@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from common.checkpoint import load_checkpoint, prediction_weights
-from common.config import load_config
-from common.pipeline import prepare, train_run
+from common.core.config import load_config
+from common.engine.checkpoint import load_checkpoint, prediction_weights
+from common.experiments.pipeline import prepare, train_run
 from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.task import TranslationTask

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.config import load_config
-from common.errors import UserError
-from common.plots import read_steps
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.engine.checkpoint import load_checkpoint
+from common.engine.plots import read_steps
 from hw.cli import main as cli_main
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
@@ -36,7 +36,7 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def demo_faces(demo, size=32, n=320) -> torch.Tensor:
-    from common.images import load_images
+    from common.data.images import load_images
 
     return as_tensor(load_images(faces.face_files(demo)[:n], size).array)
 
@@ -133,7 +133,7 @@ def test_dcgan_learns_the_demo_faces_without_collapse(demo, tmp_path):
                                                  f'data.cache_dir="{tmp_path / "cache"}"'])
     task = GanTask(config)
     array = task.load_train(demo)
-    from common.pipeline import make_trainer
+    from common.experiments.pipeline import make_trainer
 
     torch.manual_seed(config["trainer"].seed)
     _, valid = task.make_datasets(array, *task.split(array))
@@ -283,7 +283,7 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
 def test_real_faces_are_found_one_level_down_and_score_closer_than_the_demo(demo):
     if not (REAL_FACES / "faces" / "0.jpg").is_file():
         pytest.skip("real anime faces (../shared/data/hw6) not present")
-    from common.images import load_images
+    from common.data.images import load_images
 
     files = faces.face_files(REAL_FACES.parent)           # anime_faces/faces, one level down
     assert files[:3] == [REAL_FACES / "faces" / f"{i}.jpg" for i in range(3)]

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint, prediction_weights
-from common.config import load_config
-from common.errors import UserError
-from common.fusion import fuse
-from common.pipeline import make_trainer, prepare, train_run
-from common.rundir import RunDir
-from common.submission import validate_submission
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.engine.checkpoint import load_checkpoint, prediction_weights
+from common.engine.fusion import fuse
+from common.engine.rundir import RunDir
+from common.experiments.pipeline import make_trainer, prepare, train_run
+from common.experiments.submission import validate_submission
 from hw.cli import main as cli_main
 from hw.hw7_qa import data as qadata
 from hw.hw7_qa import windows as win

@@ -12,9 +12,9 @@ import torch
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from common.errors import UserError
-from common.fusion import fuse
-from common.ranking import average_ranks, roc_auc
+from common.core.errors import UserError
+from common.data.ranking import average_ranks, roc_auc
+from common.engine.fusion import fuse
 from hw.hw8_anomaly import data
 from tests.conftest import run_cli
 
@@ -151,7 +151,7 @@ def test_a_bad_file_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("arch", ["fcn", "conv", "vae", "resae"])
 def test_every_model_rebuilds_faces_and_scores_pairs(arch):
-    from common.config import load_config
+    from common.core.config import load_config
     from hw.hw8_anomaly.task import Hw8Task
 
     config = load_config(Hw8Task.schema(), ROOT / "configs" / "hw8.toml",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UserError
-from common.scaffold import KINDS, new
+from common.core.errors import UserError
+from common.scaffold.new import KINDS, new
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # every kind generated, trained, folded and tuned: minutes

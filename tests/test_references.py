@@ -15,12 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.checkpoint import load_checkpoint
-from common.config import load_config
-from common.fusion import fuse
-from common.optim import OptimConfig
-from common.pipeline import make_trainer, train_run
-from common.trainer import Trainer, TrainerConfig
+from common.core.config import load_config
+from common.engine.checkpoint import load_checkpoint
+from common.engine.fusion import fuse
+from common.engine.optim import OptimConfig
+from common.engine.trainer import Trainer, TrainerConfig
+from common.experiments.pipeline import make_trainer, train_run
 from tests.test_trainer import Regression, data, model
 from tests.toy import BlobsTask, write_blobs
 
@@ -118,8 +118,8 @@ def test_predict_from_a_last_pt_uses_its_ema_weights(tmp_path):
     """trainer.ema: the EMA is computed by hand from the raw weights after every update
     (the first update copies, then ema = d ema + (1 - d) w) and `predict --ckpt last` must
     predict with it."""
-    from common.finished import predict_run
-    from common.trainer import Callback
+    from common.engine.trainer import Callback
+    from common.experiments.finished import predict_run
 
     raw = []
 
@@ -146,7 +146,7 @@ def test_clipping_under_accumulation_clips_the_big_batchs_gradient():
     """2 micro-batches of 8 with clip_grad_norm 0.1 end with the weights of plain SGD on
     batches of 16 whose mean gradient is clipped to 0.1 (by hand): clipping comes after the
     micro-batches are normalised into the big batch's mean."""
-    from common.data import EpochBatchSampler
+    from common.data.loading import EpochBatchSampler
 
     x, y = data(64).tensors
     clip = 0.1

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.engine.checkpoint import load_checkpoint
 from tests.conftest import ROOT, run_cli
 
 OVERRIDES = [
@@ -25,10 +25,10 @@ KILL_AT = 43  # updates; the last checkpoint is at 40, an evaluation at 42 is al
 CHILD = """
 import os, sys
 sys.path.insert(0, {root!r})
-from common.config import load_config
-from common.kfold import kfold_run
-from common.pipeline import train_run
-from common.trainer import Callback
+from common.core.config import load_config
+from common.experiments.kfold import kfold_run
+from common.experiments.pipeline import train_run
+from common.engine.trainer import Callback
 from {module} import {task} as TaskClass
 
 class Kill(Callback):
@@ -59,8 +59,8 @@ def run_here(task: str, config: str | None, overrides: list[str], run, *,
              resume: bool = False) -> str:
     """What run_and_kill's child does, without the kill, in this process; returns what the
     run wrote to stderr."""
-    from common.config import load_config
-    from common.pipeline import train_run
+    from common.core.config import load_config
+    from common.experiments.pipeline import train_run
 
     module, cls = task.split(":")
     task_cls = getattr(importlib.import_module(module), cls)

@@ -6,9 +6,21 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.data import EpochBatchSampler, LengthBatchSampler, build_loader, split_train_valid
-from common.errors import UserError
-from common.optim import (
+from common.core.errors import UserError
+from common.core.runtime import (
+    amp_dtype,
+    choose_device,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from common.data.loading import (
+    EpochBatchSampler,
+    LengthBatchSampler,
+    build_loader,
+    split_train_valid,
+)
+from common.engine.optim import (
     OptimConfig,
     SchedConfig,
     build_optimizer,
@@ -17,7 +29,6 @@ from common.optim import (
     param_groups,
     set_lr,
 )
-from common.runtime import amp_dtype, choose_device, get_rng_state, seed_everything, set_rng_state
 
 
 def test_seed_and_rng_state_round_trip():
@@ -149,7 +160,7 @@ def test_fused_adam_where_the_parameters_allow_it_and_the_same_updates():
 
 
 def test_rank_shares_cover_the_data_like_distributed_sampler():
-    from common.data import EpochBatchSampler
+    from common.data.loading import EpochBatchSampler
 
     n, world = 23, 3
     train = [EpochBatchSampler(n, 4, shuffle=True, seed=5, rank=r, world=world, as_tensor=True)

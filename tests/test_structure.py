@@ -1,11 +1,14 @@
-"""The house rules that keep the code easy to live in: no import circle inside common/ (lazy
-imports included; only `if TYPE_CHECKING:` blocks are exempt), common/ never imports a
+"""The house rules that keep the code easy to live in: common/ is its layers (core, data,
+engine, experiments, scaffold), none importing one above it; no import circle inside common/
+(lazy imports included; only `if TYPE_CHECKING:` blocks are exempt), common/ never imports a
 homework, no homework imports another, and every homework package keeps its networks in
 model.py."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +31,32 @@ def _imports(path: Path, package: str) -> set[str]:
     return {m for m in found if m.split(".")[0] == package}
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph(folder: Path, package: str) -> dict[str, set[str]]:
-    return {f"{package}.{p.stem}": _imports(p, package) for p in sorted(folder.glob("*.py"))}
+    """Each module under folder (subpackages included) -> the modules of package it imports;
+    `from common.engine import trainer` counts as importing common.engine.trainer."""
+    graph = {}
+    for path in sorted(folder.rglob("*.py")):
+        found = set()
+        for name in _imports(path, package):
+            found.add(name)
+        graph[module_name(path)] = found
+    return graph
+
+
+# common's layers, lowest first: a module imports only its own layer and those before it
+LAYERS = ["core", "data", "engine", "experiments", "scaffold"]
+
+
+def layer_of(module: str) -> int:
+    """common.<layer>.x -> the layer's rank; common's own top modules (cli, homework,
+    testing) sit above every layer."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -63,12 +90,37 @@ def test_the_cycle_finder_sees_a_circle():
 
 def test_no_import_circle_in_common():
     graph = import_graph(ROOT / "common", "common")
-    assert "common.tune" in graph and "common.kfold" in graph["common.tune"]
+    assert "common.experiments.kfold" in graph["common.experiments.tune"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+def test_the_tree_of_common_is_its_layers_and_no_layer_imports_one_above_it():
+    """common/ holds the five layer packages and the modules on top of them (cli, homework,
+    testing); a module of one layer imports only its own layer and the layers below."""
+    graph = import_graph(ROOT / "common", "common")
+    top = {m for m in graph if m.count(".") == 1 and m.split(".")[1] not in LAYERS}
+    assert top == {"common.cli", "common.homework", "common.testing"}, top
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 2} == set(LAYERS)
+    assert layer_of("common.engine.trainer") > layer_of("common.data.mix")  # the finder sees
+    wrong = [f"{m} imports {d}" for m, deps in graph.items() for d in deps
+             if d != "common" and layer_of(d) > layer_of(m)]
+    assert not wrong, wrong
+
+
+def test_import_common_is_cheap():
+    """`import common` (the public face) loads no torch, numpy or pandas: `list` and `--help`
+    stay fast; the names come on first use."""
+    code = ("import sys, common; heavy = {'torch', 'numpy', 'pandas'} & set(sys.modules); "
+            "print(sorted(heavy)); from common import Task, Trainer, option, UserError; "
+            "print(Task.__module__, Trainer.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]", out
+    assert out[1] == "common.engine.task common.engine.trainer"
+
+
 def test_common_never_imports_a_homework():
-    for path in (ROOT / "common").glob("*.py"):
+    for path in (ROOT / "common").rglob("*.py"):
         assert not _imports(path, "hw"), path
 
 

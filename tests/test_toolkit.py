@@ -6,22 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import average_state_dicts, load_checkpoint
-from common.config import load_config
-from common.errors import UserError
-from common.finished import average_run, predict_run
-from common.fusion import fuse, vote
-from common.kfold import kfold_run, make_folds, predict_kfold
-from common.mix import (
+from common.core.config import load_config
+from common.core.errors import UserError
+from common.core.runtime import Salt, derive_seed
+from common.data.mix import (
     MixBatch,
     MixConfig,
     classification_loss,
     sample_beta,
 )
-from common.pipeline import fit_split, predict_outputs, train_run
-from common.rundir import RunDir
-from common.runtime import Salt, derive_seed
-from common.trainer import Callback, Trainer
+from common.engine.checkpoint import average_state_dicts, load_checkpoint
+from common.engine.fusion import fuse, vote
+from common.engine.rundir import RunDir
+from common.engine.trainer import Callback, Trainer
+from common.experiments.finished import average_run, predict_run
+from common.experiments.kfold import kfold_run, make_folds, predict_kfold
+from common.experiments.pipeline import fit_split, predict_outputs, train_run
 from tests.test_trainer import Regression, cfg, data, model
 from tests.toy import BlobsTask, GroupedBlobsTask, write_blobs
 

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.config import load_config
-from common.io import atomic_write
-from common.models import build_mlp
-from common.objective import OptimizerSpec
-from common.pipeline import fit_split, make_trainer
-from common.task import Task
+from common.core.config import load_config
+from common.core.io import atomic_write
+from common.engine.models import build_mlp
+from common.engine.objective import OptimizerSpec
+from common.engine.task import Task
+from common.experiments.pipeline import fit_split, make_trainer
 
 RING = 8           # modes on a circle of radius 2
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import load_config
-from common.data import LengthBatchSampler
-from common.io import write_text_atomic
-from common.optim import OptimConfig
-from common.pipeline import fit_split
-from common.sections import DataConfig
-from common.task import Task
-from common.trainer import Trainer, TrainerConfig
+from common.core.config import load_config
+from common.core.io import write_text_atomic
+from common.data.loading import LengthBatchSampler
+from common.engine.optim import OptimConfig
+from common.engine.sections import DataConfig
+from common.engine.task import Task
+from common.engine.trainer import Trainer, TrainerConfig
+from common.experiments.pipeline import fit_split
 
 PAD, BOS, EOS, DIGIT0 = 0, 1, 2, 3
 VOCAB = DIGIT0 + 10
@@ -272,7 +272,7 @@ def test_accumulating_two_micro_batches_equals_one_big_batch_by_tokens():
 
 def test_ensemble_and_tta_refuse_token_predictions(digits, tmp_path, capsys):
     from common.cli import main
-    from common.pipeline import dry_run_config, train_run
+    from common.experiments.pipeline import dry_run_config, train_run
 
     config = dry_run_config(load_config(ToySeqTask.schema(), None,
                                         [*SETTINGS, f'data.dir="{digits}"']))

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import load_config
-from common.fusion import fuse
-from common.io import write_text_atomic
-from common.kfold import kfold_run
-from common.pipeline import fit_split
-from common.task import Task
+from common.core.config import load_config
+from common.core.io import write_text_atomic
+from common.engine.fusion import fuse
+from common.engine.task import Task
+from common.experiments.kfold import kfold_run
+from common.experiments.pipeline import fit_split
 
 PAD, CLS, OPEN, CLOSE = 0, 1, 2, 3        # the answer lies between OPEN and CLOSE
 VOCAB = 32

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.errors import UserError
-from common.optim import OptimConfig, SchedConfig
-from common.trainer import Callback, Objective, Trainer, TrainerConfig
+from common.core.errors import UserError
+from common.engine.optim import OptimConfig, SchedConfig
+from common.engine.trainer import Callback, Objective, Trainer, TrainerConfig
 
 
 class Regression(Objective):
@@ -229,7 +229,7 @@ def test_a_manual_step_accumulates_like_the_big_batch():
     trainer.fit(TensorDataset(x, y))
     reference = model()
     sgd = torch.optim.SGD(reference.parameters(), lr=0.05)
-    from common.data import EpochBatchSampler
+    from common.data.loading import EpochBatchSampler
 
     order = [i for b in EpochBatchSampler(64, 8, shuffle=True, seed=0) for i in b]
     for start in range(0, 64, 16):

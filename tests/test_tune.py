@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.tune import Study, open_study, work
+from common.experiments.tune import Study, open_study, work
 from hw.cli import main as cli_main
 from hw.hw1_covid.task import CovidTask
 from tests.conftest import ROOT
@@ -108,7 +108,7 @@ def test_a_dry_run_study_stays_tiny_and_no_validation_stops_it(tmp_path, recipe,
 CHILD = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    import common.tune as tune
+    import common.experiments.tune as tune
     original = tune.ReportToOptuna.on_evaluate
     def on_evaluate(self, trainer, metrics, outputs):
         original(self, trainer, metrics, outputs)
@@ -144,7 +144,7 @@ def test_a_killed_study_resumes_without_running_a_trial_twice(tmp_path, recipe, 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_reopened_study_or_another_worker_draws_new_values(tmp_path, recipe, sampler):
-    from common.tune import parse_space, suggest
+    from common.experiments.tune import parse_space, suggest
 
     folder = tmp_path / "study"
     study = Study(task="hw1", config=str(recipe), overrides=[], folder=str(folder),
@@ -216,8 +216,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
 # --------------------------------------------------------------------------- runs, compare
 @pytest.mark.slow
 def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, capsys):
-    from common.pipeline import train_run
-    from common.trainer import Callback
+    from common.engine.trainer import Callback
+    from common.experiments.pipeline import train_run
     from tests.test_resume import run_and_kill
 
     root = tmp_path / "runs" / "hw1"
@@ -232,7 +232,7 @@ def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, cap
         def on_step_end(self, trainer):
             raise RuntimeError("boom")
 
-    from common.config import load_config
+    from common.core.config import load_config
 
     with pytest.raises(RuntimeError):
         train_run(CovidTask, load_config(CovidTask.schema(), None, sets), root / "c-failed",
@@ -268,7 +268,7 @@ def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, cap
 def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, hw1_demo):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from common.plots import read_steps
+    from common.engine.plots import read_steps
 
     run = tmp_path / "run"
     assert cli_main(["hw1", "train", "--data", str(hw1_demo), "--out", str(run), "--set",
@@ -291,7 +291,7 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, hw1_demo):
 
 # --------------------------------------------------------------------------- hand-off
 def test_handoff_lines_and_download(tmp_path, monkeypatch, capsys):
-    from common.handoff import handoff
+    from common.experiments.handoff import handoff
     from hw.hw5_translate.task import TranslationTask
 
     handoff(CovidTask, Path("runs/hw1/x/pred.csv"), "x")

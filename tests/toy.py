@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from common.models import build_mlp
-from common.submission import write_submission
-from common.task import ClassificationTask
+from common.engine.models import build_mlp
+from common.engine.task import ClassificationTask
+from common.experiments.submission import write_submission
 
 CENTRES = np.array([[0.0, 2.0], [1.8, -1.0], [-1.8, -1.0]], dtype=np.float32)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import UserError
-from common.io import write_csv_atomic
+from common.core.errors import UserError
+from common.core.io import write_csv_atomic
 
 TRAIN_NAMES = ("covid.train.csv", "covid.train_new.csv", "covid_train.csv")
 TEST_NAMES = ("covid.test.csv", "covid.test_un.csv", "covid_test.csv")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.errors import UserError
-from common.models import build_mlp
-from common.registry import Registry
+from common.core.errors import UserError
+from common.core.registry import Registry
+from common.engine.models import build_mlp
 
 ARCHS = Registry("model.arch")  # (model config, input features, fitted basis) -> model
 RANK_TOL = 1e-7  # eigen-directions below this fraction of the largest eigenvalue are dropped

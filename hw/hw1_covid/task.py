@@ -13,13 +13,13 @@ from sklearn.feature_selection import SelectKBest, f_regression, mutual_info_reg
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.config import option
-from common.data import as_float_tensor
-from common.errors import UserError
-from common.models import ACTIVATIONS
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import RegressionTask
+from common.core.config import option
+from common.core.errors import UserError
+from common.data.loading import as_float_tensor
+from common.engine.models import ACTIVATIONS
+from common.engine.sections import DataConfig
+from common.engine.task import RegressionTask
+from common.experiments.submission import write_submission
 from hw.hw1_covid import data as covid
 from hw.hw1_covid.model import ARCHS, fit_basis
 

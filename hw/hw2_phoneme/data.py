@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from common.checkpoint import load_torch_file
-from common.data import find_data_root
-from common.errors import UserError
+from common.core.errors import UserError
+from common.data.loading import find_data_root
+from common.engine.checkpoint import load_torch_file
 
 N_CLASSES = 41
 FEAT_DIM = 39

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models import build_mlp
-from common.registry import Registry
+from common.core.registry import Registry
+from common.engine.models import build_mlp
 from hw.hw2_phoneme.data import FEAT_DIM, N_CLASSES
 
 ARCHS = Registry("model.arch")

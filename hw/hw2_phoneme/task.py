@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from common.config import option
-from common.errors import UserError
-from common.models import ACTIVATIONS
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import ClassificationTask
+from common.core.config import option
+from common.core.errors import UserError
+from common.engine.models import ACTIVATIONS
+from common.engine.sections import DataConfig
+from common.engine.task import ClassificationTask
+from common.experiments.submission import write_submission
 from hw.hw2_phoneme import data as phone
 from hw.hw2_phoneme.model import ARCHS
 

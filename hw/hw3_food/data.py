@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data import find_data_root
-from common.errors import UserError
-from common.images import image_files, load_images
-from common.io import write_csv_atomic
+from common.core.errors import UserError
+from common.core.io import write_csv_atomic
+from common.data.images import image_files, load_images
+from common.data.loading import find_data_root
 
 N_CLASSES = 11
 FOLDERS = ("training", "validation", "test")

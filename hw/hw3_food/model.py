@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from common.errors import UserError
-from common.registry import Registry
+from common.core.errors import UserError
+from common.core.registry import Registry
 
 ARCHS = Registry("model.arch")
 

@@ -12,13 +12,13 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from common.config import option
-from common.data import split_train_valid
-from common.errors import UserError
-from common.images import ImageDataset, channel_stats
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import ClassificationTask
+from common.core.config import option
+from common.core.errors import UserError
+from common.data.images import ImageDataset, channel_stats
+from common.data.loading import split_train_valid
+from common.engine.sections import DataConfig
+from common.engine.task import ClassificationTask
+from common.experiments.submission import write_submission
 from hw.hw3_food import data as food
 from hw.hw3_food.model import build_network
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import load_torch_file, save_torch_file
-from common.data import find_data_root
-from common.errors import UserError
-from common.io import files_key, save_npy_atomic, write_csv_atomic, write_text_atomic
-from common.rundir import RunDir
-from common.runtime import hashed_uniform
+from common.core.errors import UserError
+from common.core.io import files_key, save_npy_atomic, write_csv_atomic, write_text_atomic
+from common.core.runtime import hashed_uniform
+from common.data.loading import find_data_root
+from common.engine.checkpoint import load_torch_file, save_torch_file
+from common.engine.rundir import RunDir
 
 N_MELS = 40
 PAD_VALUE = -20.0                  # the course pads with log of a near-zero energy

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from common.registry import Registry
+from common.core.registry import Registry
 from hw.hw4_speaker.data import N_MELS
 
 ENCODERS = Registry("model.arch")

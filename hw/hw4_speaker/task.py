@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import option
-from common.data import LengthBatchSampler, split_like_random_split, split_train_valid
-from common.errors import UserError
-from common.mix import classification_loss
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import ClassificationTask
+from common.core.config import option
+from common.core.errors import UserError
+from common.data.loading import LengthBatchSampler, split_like_random_split, split_train_valid
+from common.data.mix import classification_loss
+from common.engine.sections import DataConfig
+from common.engine.task import ClassificationTask
+from common.experiments.submission import write_submission
 from hw.hw4_speaker import data as speech
 from hw.hw4_speaker.data import Utterances
 from hw.hw4_speaker.model import ENCODERS, HEADS, POOLINGS, SpeakerNet

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from common.cli import check_options, run_parser
-from common.errors import UserError
-from common.finished import load_run_model
-from common.io import write_text_atomic
-from common.pipeline import make_trainer
-from common.plots import plot_grad_norms, plot_matrix
-from common.rundir import RunDir
-from common.runlog import say
+from common.core.errors import UserError
+from common.core.io import write_text_atomic
+from common.engine.plots import plot_grad_norms, plot_matrix
+from common.engine.rundir import RunDir
+from common.engine.runlog import say
+from common.experiments.finished import load_run_model
+from common.experiments.pipeline import make_trainer
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.task import Pairs, Sampling, TranslationTask
 

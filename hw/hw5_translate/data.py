@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import find_root_or_child
-from common.errors import UserError
-from common.io import atomic_write, files_key, write_text_atomic
+from common.core.errors import UserError
+from common.core.io import atomic_write, files_key, write_text_atomic
+from common.data.loading import find_root_or_child
 
 TRAIN_NAMES = (("raw.en", "raw.zh"), ("train_dev.raw.en", "train_dev.raw.zh"))
 TEST_NAMES = ("test/test.en", "test.raw.en")

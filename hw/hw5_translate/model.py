@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.errors import UserError
-from common.registry import Registry
+from common.core.errors import UserError
+from common.core.registry import Registry
 
 PAD = 0                       # the SentencePiece model's padding id
 ARCHS = Registry("model.arch")  # (model config, vocabulary size) -> model

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import option
-from common.data import LengthBatchSampler
-from common.errors import UserError
-from common.io import write_text_atomic
-from common.sections import DataConfig
-from common.task import Task
+from common.core.config import option
+from common.core.errors import UserError
+from common.core.io import write_text_atomic
+from common.data.loading import LengthBatchSampler
+from common.engine.sections import DataConfig
+from common.engine.task import Task
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.decode import beam_search, greedy, sample
 from hw.hw5_translate.model import ARCHS, PAD

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from common.errors import UserError
+from common.core.errors import UserError
 
 POLICIES = ("flip", "color", "translation", "cutout")
 

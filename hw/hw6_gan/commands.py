@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from common.cli import check_options, run_parser
-from common.errors import UserError
-from common.finished import load_run_model
-from common.images import image_files, load_images
-from common.pipeline import make_trainer
-from common.plots import plt, read_steps, save_figure
-from common.rundir import RunDir
-from common.runlog import say
+from common.core.errors import UserError
+from common.data.images import image_files, load_images
+from common.engine.plots import plt, read_steps, save_figure
+from common.engine.rundir import RunDir
+from common.engine.runlog import say
+from common.experiments.finished import load_run_model
+from common.experiments.pipeline import make_trainer
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import SUBMISSION_IMAGES, GanTask
 
@@ -144,7 +144,7 @@ def report_command(argv: list[str]) -> int:
         if len(columns) < 1:
             raise UserError(f"{run.steps}: no per-layer gradient norms; train with "
                             "model.log_d_layers = true")
-        from common.finished import load_run_config
+        from common.experiments.finished import load_run_config
 
         cfg = load_run_config(GanTask, run.path)["model"]
         how = (f"weight clipping {cfg.clip_weights:g}" if cfg.clip_weights else "") or \

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.demo_faces import demo_face
-from common.errors import UserError
-from common.images import image_files
+from common.core.errors import UserError
+from common.data.demo_faces import demo_face
+from common.data.images import image_files
 
 FACES = "faces"
 

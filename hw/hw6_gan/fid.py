@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.errors import UserError
-from common.images import signed_pixels
+from common.core.errors import UserError
+from common.data.images import signed_pixels
 
 INCEPTION_HINT = ("torchvision's ImageNet InceptionV3 weights, inception_v3_google-0cc3c7bd.pth "
                   "from download.pytorch.org/models/")
@@ -151,7 +151,7 @@ def cached_statistics(net: nn.Module, images, key: str, cache_dir: str | Path | 
                 return saved["mu"], saved["cov"]
     mu, cov = statistics(image_features(net, images))
     if path is not None:
-        from common.io import atomic_write
+        from common.core.io import atomic_write
 
         with atomic_write(path, "wb") as fh:
             np.savez(fh, mu=mu, cov=cov)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.errors import UserError
-from common.registry import Registry
+from common.core.errors import UserError
+from common.core.registry import Registry
 
 # (G, D) pairs by model.arch: a function of (model config, image size)
 ARCHS = Registry("model.arch")

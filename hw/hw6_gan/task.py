@@ -21,15 +21,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from common.config import option
-from common.errors import UserError
-from common.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
-from common.io import atomic_write, files_key
-from common.objective import OptimizerSpec
-from common.runtime import choose_device, derive_seed
-from common.sections import DataConfig
-from common.task import Task
-from common.trainer import Callback
+from common.core.config import option
+from common.core.errors import UserError
+from common.core.io import atomic_write, files_key
+from common.core.runtime import choose_device, derive_seed
+from common.data.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
+from common.engine.objective import OptimizerSpec
+from common.engine.sections import DataConfig
+from common.engine.task import Task
+from common.engine.trainer import Callback
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.augment import augment, parse_policy
@@ -367,7 +367,7 @@ class GanTask(Task):
         if len(images) != n:
             raise UserError(f"{path}: {len(images)} images generated, {n} expected")
         quality, size = write_archive(images, Path(path), Path(path).parent / "images")
-        from common.runlog import say
+        from common.engine.runlog import say
 
         say(f"{path}: {n} JPEGs at quality {quality}, {size / 1e6:.2f} MB (JudgeBoi: under 2 MB)")
         return Path(path)

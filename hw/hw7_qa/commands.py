@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import resolve_recipe
-from common.runlog import say
+from common.engine.runlog import say
 from hw.hw7_qa.task import QATask
 
 

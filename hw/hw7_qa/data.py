@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import find_root_or_child
-from common.errors import UserError
-from common.io import write_csv_atomic, write_text_atomic
+from common.core.errors import UserError
+from common.core.io import write_csv_atomic, write_text_atomic
+from common.data.loading import find_root_or_child
 
 FILES = {"train": "hw7_train.json", "dev": "hw7_dev.json", "test": "hw7_test.json"}
 DEMO_ANSWERS = "demo_test_answers.csv"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from common.errors import UserError
+from common.core.errors import UserError
 
 HUB_HOST = ("huggingface.co", 443)
 

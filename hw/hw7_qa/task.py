@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from common.config import option
-from common.errors import UserError
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import Task
+from common.core.config import option
+from common.core.errors import UserError
+from common.engine.sections import DataConfig
+from common.engine.task import Task
+from common.experiments.submission import write_submission
 from hw.hw7_qa import data as qadata
 from hw.hw7_qa import windows as win
 from hw.hw7_qa.model import hf_load, pretrained_qa_model, small_bert

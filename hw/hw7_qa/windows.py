@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError
-from common.runtime import hashed_uniform
+from common.core.errors import UserError
+from common.core.runtime import hashed_uniform
 from hw.hw7_qa.data import QASet
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.data import find_root_or_child
-from common.errors import UserError
-from common.images import gather_rows
-from common.io import save_npy_atomic, write_csv_atomic
-from common.runtime import derive_seed
+from common.core.errors import UserError
+from common.core.io import save_npy_atomic, write_csv_atomic
+from common.core.runtime import derive_seed
+from common.data.images import gather_rows
+from common.data.loading import find_root_or_child
 
 TRAIN, TEST = "trainingset.npy", "testingset.npy"
 DEMO_ANSWERS = "demo_test_answers.csv"   # the demo test set's answer key (ID, 1 = anomaly)
@@ -147,7 +147,7 @@ def demo_anomaly(rng: np.random.Generator, kind: str, size: int):
     thick random lines, its upper half blurred)."""
     from PIL import Image, ImageDraw, ImageFilter
 
-    from common.demo_faces import demo_face
+    from common.data.demo_faces import demo_face
 
     if kind == "shapes":
         im = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(100, 256, 3)))
@@ -177,7 +177,7 @@ def write_demo_data(dest: Path, *, n_train: int = 1500, n_normal: int = 150,
     """dest/data/{trainingset,testingset}.npy in Kaggle's layout: normal faces from HW6's demo
     face generator, and a test set of normal faces mixed with anomalies of DEMO_ANOMALIES
     (equal shares), with its answer key."""
-    from common.demo_faces import demo_face
+    from common.data.demo_faces import demo_face
 
     rng = np.random.default_rng(seed)
     folder = Path(dest) / "data"

@@ -1,5 +1,5 @@
 """HW8's autoencoders, chosen by model.arch. Each takes images scaled to [-1, 1]
-(`common.images.signed_pixels`) and returns (reconstruction in [-1, 1], KL divergence per
+(`common.data.images.signed_pixels`) and returns (reconstruction in [-1, 1], KL divergence per
 image: zeros but for the VAE).
 
 - fcn: the course's fully connected autoencoder (12288 -> 128 -> 64 -> 12 -> 3 and back,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.registry import Registry
+from common.core.registry import Registry
 
 ARCHS = Registry("model.arch")  # (model config, side) -> model
 

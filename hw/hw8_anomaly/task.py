@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from common.config import option
-from common.images import ImageDataset, signed_pixels
-from common.ranking import roc_auc
-from common.sections import DataConfig
-from common.submission import write_submission
-from common.task import Task
+from common.core.config import option
+from common.data.images import ImageDataset, signed_pixels
+from common.data.ranking import roc_auc
+from common.engine.sections import DataConfig
+from common.engine.task import Task
+from common.experiments.submission import write_submission
 from hw.hw8_anomaly import data
 from hw.hw8_anomaly.model import ARCHS
 

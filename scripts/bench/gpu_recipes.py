@@ -45,11 +45,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.config import load_config  # noqa: E402
-from common.data import supports_batched_indexing  # noqa: E402
-from common.pipeline import make_trainer  # noqa: E402
-from common.runtime import seed_everything, set_cpu_threads  # noqa: E402
-from common.trainer import Callback  # noqa: E402
+from common.core.config import load_config  # noqa: E402
+from common.core.runtime import seed_everything, set_cpu_threads  # noqa: E402
+from common.data.loading import supports_batched_indexing  # noqa: E402
+from common.engine.trainer import Callback  # noqa: E402
+from common.experiments.pipeline import make_trainer  # noqa: E402
 from hw import TASKS  # noqa: E402
 
 

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_recipes import FLOPS, Recipe, run  # noqa: E402
 
-from common.io import write_text_atomic  # noqa: E402
+from common.core.io import write_text_atomic  # noqa: E402
 from hw.hw5_translate.decode import beam_search  # noqa: E402
 from hw.hw5_translate.model import PAD  # noqa: E402
 from hw.hw5_translate.task import BOS, EOS  # noqa: E402

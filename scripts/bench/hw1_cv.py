@@ -21,10 +21,10 @@ from sklearn.model_selection import KFold
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.config import load_config  # noqa: E402
-from common.data import split_train_valid  # noqa: E402
-from common.pipeline import fit_split  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
+from common.core.config import load_config  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.data.loading import split_train_valid  # noqa: E402
+from common.experiments.pipeline import fit_split  # noqa: E402
 from hw.hw1_covid.task import CovidTask  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hw1" / "2022"

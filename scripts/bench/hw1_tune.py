@@ -34,11 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.config import load_config, toml_value  # noqa: E402
-from common.io import write_text_atomic  # noqa: E402
-from common.kfold import kfold_run  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
-from common.tune import Study, tune  # noqa: E402
+from common.core.config import load_config, toml_value  # noqa: E402
+from common.core.io import write_text_atomic  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.experiments.kfold import kfold_run  # noqa: E402
+from common.experiments.tune import Study, tune  # noqa: E402
 from hw.hw1_covid.task import CovidTask  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hw1" / "2022"

@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.data import build_loader  # noqa: E402
-from common.models import build_mlp  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.data.loading import build_loader  # noqa: E402
+from common.engine.models import build_mlp  # noqa: E402
 from hw.hw2_phoneme.data import FEAT_DIM, N_CLASSES, Frames, FrameWindows  # noqa: E402
 from hw.hw2_phoneme.task import split_utterances  # noqa: E402
 

@@ -7,7 +7,7 @@ JPEGs weigh about what the real ones do), then, at 128x128 with the same augment
 
   reference  the course's way: a per-item Dataset that opens the JPEG with PIL, Resize((128, 128)),
              the augmentations, ToTensor; the default collate
-  ours       common.images: decoded once into a uint8 cache (build time reported apart), then
+  ours       common.data.images: decoded once into a uint8 cache (build time reported apart), then
              per-item augmentation from the cache (ImageDataset, the HW3 task's transform)
 
   pipeline   images per second delivered by the loader alone (no model), for 0 and 2 workers
@@ -36,10 +36,10 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.config import load_config  # noqa: E402
-from common.data import build_loader  # noqa: E402
-from common.images import ImageDataset, image_files, load_images  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
+from common.core.config import load_config  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.data.images import ImageDataset, image_files, load_images  # noqa: E402
+from common.data.loading import build_loader  # noqa: E402
 from hw.hw3_food.data import demo_image, label_of  # noqa: E402
 from hw.hw3_food.model import course_cnn  # noqa: E402
 from hw.hw3_food.task import FoodTask  # noqa: E402

@@ -79,7 +79,7 @@ def course_collate(batch):
 
 
 def run_side(mode: str, root: Path, batches: int, workers: int, cache: Path) -> dict:
-    from common.data import WORKER_SHARING, build_loader
+    from common.data.loading import WORKER_SHARING, build_loader
     from hw.hw4_speaker import data as speech
     from hw.hw4_speaker.data import Utterances
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """HW5 batching: the share of padding in token-budget batches over length-sorted buckets
-(common.data.LengthBatchSampler over the longer side of each pair) against fixed-size
+(common.data.loading.LengthBatchSampler over the longer side of each pair) against fixed-size
 shuffled batches of the same mean size (what a plain DataLoader gives), over source and target
 together.
 
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common.data import EpochBatchSampler, LengthBatchSampler  # noqa: E402
+from common.data.loading import EpochBatchSampler, LengthBatchSampler  # noqa: E402
 from hw.hw5_translate import data as mt  # noqa: E402
 
 

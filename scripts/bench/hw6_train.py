@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from common.config import load_config  # noqa: E402
-from common.images import ImageDataset, load_images  # noqa: E402
-from common.pipeline import make_trainer  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
+from common.core.config import load_config  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.data.images import ImageDataset, load_images  # noqa: E402
+from common.experiments.pipeline import make_trainer  # noqa: E402
 from hw.hw6_gan import data as faces  # noqa: E402
 from hw.hw6_gan.task import GanTask  # noqa: E402
 

@@ -79,8 +79,8 @@ class CourseDataset(torch.utils.data.Dataset):
 
 
 def run_side(side: str, path: Path, batch: int) -> dict:
-    from common.data import build_loader
-    from common.images import ImageDataset, signed_pixels
+    from common.data.images import ImageDataset, signed_pixels
+    from common.data.loading import build_loader
     from hw.hw8_anomaly import data
 
     anon = PeakAnon()

@@ -22,10 +22,10 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common.models import build_mlp  # noqa: E402
-from common.optim import OptimConfig  # noqa: E402
-from common.runtime import set_cpu_threads  # noqa: E402
-from common.trainer import Objective, Trainer, TrainerConfig  # noqa: E402
+from common.core.runtime import set_cpu_threads  # noqa: E402
+from common.engine.models import build_mlp  # noqa: E402
+from common.engine.optim import OptimConfig  # noqa: E402
+from common.engine.trainer import Objective, Trainer, TrainerConfig  # noqa: E402
 
 N, FEATURES, BATCH, SEED = 16384, 256, 256, 0
 

@@ -1,0 +1,1 @@
+"""`new NAME --kind KIND`: a homework package written from templates/<kind>/."""

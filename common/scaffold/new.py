@@ -1,0 +1,122 @@
+"""`new NAME --kind KIND`: a homework package that trains on its demo data at once.
+
+It writes hw/<name>/ (or hw/<package>/: `__init__.py` with the HOMEWORK entry, `data.py`,
+`model.py`, `task.py`), configs/<name>.toml and configs/<name>_cpu.toml, and
+tests/test_<name>.py, from the templates in templates/<kind's folder>/ beside this module
+(a file a kind lacks comes from templates/shared/). Nothing is written unless every target is
+free: the files are staged in a temporary folder under the root and moved into place at the
+end."""
+
+from __future__ import annotations
+
+import keyword
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+from common.core.errors import UserError
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+_REGRESSION = {
+    "template": "tabular", "base": "RegressionTask", "target": "target",
+    "metric_note": "MSE as loss and metric come from RegressionTask",
+    "monitor": "valid_mse", "mode": "min", "outputs": "1", "class_attrs": "",
+    "fold_labels": "",
+    "demo_target": "    target = np.round(signal + rng.normal(0, 0.2, len(x)), 5)",
+    "target_tensor": "as_float_tensor(table.target[idx])",
+    "submitted": "outputs.double().numpy()",
+    "learn_assert": "    assert metrics[\"mse\"] < 0.5 * table.target.var()  # the demo target's "
+                    "variance is about 1.7",
+}
+_CLASSIFICATION = {
+    **_REGRESSION, "base": "ClassificationTask", "target": "label",
+    "metric_note": "cross-entropy and accuracy come from ClassificationTask",
+    "monitor": "valid_acc", "mode": "max", "outputs": "self.num_classes",
+    "class_attrs": "    num_classes = 3\n",
+    "fold_labels": '''
+    def fold_labels(self, table: data.Table) -> np.ndarray:
+        return table.target.astype(np.int64)   # stratified folds
+''',
+    "demo_target": "    target = np.digitize(signal + rng.normal(0, 0.2, len(x)), "
+                   "np.quantile(signal, [1 / 3, 2 / 3]))",
+    "target_tensor": "torch.as_tensor(table.target[idx], dtype=torch.long)",
+    "submitted": "outputs.argmax(-1).numpy()",
+    "learn_assert": "    assert metrics[\"acc\"] > 0.6  # chance: 1/3",
+}
+KINDS = {"regression": _REGRESSION, "classification": _CLASSIFICATION,
+         "images": {"template": "images"}, "sequence": {"template": "sequence"},
+         "span": {"template": "span"}, "gan": {"template": "gan"}}
+
+
+def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
+    """Template file -> where it goes (the package folder is hw/<package or name>)."""
+    package = root / "hw" / (package or name)
+    return {"__init__.py.tmpl": package / "__init__.py", "data.py.tmpl": package / "data.py",
+            "model.py.tmpl": package / "model.py", "task.py.tmpl": package / "task.py",
+            "config.toml.tmpl": root / "configs" / f"{name}.toml",
+            "config_cpu.toml.tmpl": root / "configs" / f"{name}_cpu.toml",
+            "test.py.tmpl": root / "tests" / f"test_{name}.py"}
+
+
+def check_name(name: str, root: Path, taken: set[str], package: str = "") -> None:
+    for what in dict.fromkeys((name, package or name)):
+        if not what.isidentifier() or keyword.iskeyword(what) or what != what.lower():
+            raise UserError(f"new: {what!r} is not a lower-case Python identifier (letters, "
+                            "digits and _, not starting with a digit); try e.g. hw8")
+    if name in taken:
+        raise UserError(f"new: a homework named {name!r} exists already; choose another name")
+    for path in targets(root, name, package).values():
+        if path.exists() or (path.name == "__init__.py" and path.parent.exists()):
+            where = path.parent if path.name == "__init__.py" else path
+            raise UserError(f"new: {where} exists already; choose another name or move it away")
+
+
+def template(kind: str, name: str) -> Path:
+    """The kind's own template file, else the one every kind shares."""
+    own = TEMPLATES / KINDS[kind]["template"] / name
+    return own if own.is_file() else TEMPLATES / "shared" / name
+
+
+def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
+        title: str = "", package: str = "") -> list[Path]:
+    """Write the package (hw/<package or name>/), configs and test of a new homework named
+    `name` on the command line; returns the files written."""
+    if kind not in KINDS:
+        raise UserError(f"new: --kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+    root = Path(root)
+    check_name(name, root, set(taken), package)
+    package = package or name
+    title = title or f"{name.upper()} ({kind})"
+    values = {**KINDS[kind], "name": name, "kind": kind, "package": package,
+              "Class": "".join(part.capitalize() for part in name.split("_")) or name,
+              "title": title.replace("\\", "/").replace('"', "'"),  # safe in a docstring
+              "title_literal": repr(title)}
+    places = targets(root, name, package)
+    folder = root / "hw" / package
+    stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
+    try:
+        staged = {}
+        for source, dest in places.items():
+            text = string.Template(template(kind, source).read_text()).substitute(values)
+            staged[dest] = stage / dest.relative_to(root)
+            staged[dest].parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staged[dest].write_text(text)
+            except OSError as exc:  # name the file it was for (a full disk names none)
+                raise OSError(exc.errno, exc.strerror, str(dest)) from None
+        for part in ("hw", "configs", "tests"):
+            (root / part).mkdir(exist_ok=True)
+        for dest in places.values():
+            if dest.parent != folder:
+                shutil.move(staged[dest], dest)
+        shutil.move(stage / "hw" / package, folder)
+    except BaseException:
+        for dest in places.values():  # undo the moves made so far
+            if dest.exists() and not staged.get(dest, dest).exists():
+                dest.unlink()
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return list(places.values())
