@@ -91,19 +91,23 @@ def _add_train_parser(sub, task_name: str, action: str, help: str, description: 
 
 def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     p = sub.add_parser(name, help=title, description=title)
+    p.set_defaults(homework=name)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for command, (help_text, _) in commands.items():  # the homework's own actions
         actions.add_parser(command, help=help_text)  # listed in --help; run by _command
     _add_train_parser(actions, name, "train",
                       "train, then predict the test set with the best checkpoint",
-                      "Train a model and write the submission into the run directory.")
+                      "Train a model and write the submission into the run directory.",
+                      ).set_defaults(func=_train)
     kf = _add_train_parser(
         actions, name, "kfold", "train one model per fold on train+valid and fuse them",
         "Merge train and valid, split into K folds, train one model per fold under "
         "<run>/fold-<k>/, report out-of-fold metrics and write the fused submission. "
         "--resume continues the unfinished folds.")
     kf.add_argument("--folds", type=int, metavar="K", help="number of folds (kfold.folds)")
+    kf.set_defaults(func=_train)
     pr = actions.add_parser("predict", help="write the submission again from a run's checkpoint")
+    pr.set_defaults(func=_predict)
     pr.add_argument("--run", required=True, metavar="RUN_DIR",
                     help="a run directory, or a k-fold run (every fold predicts, then fused)")
     pr.add_argument("--ckpt", metavar="best|last|PATH",
@@ -116,6 +120,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
         "ensemble", help="fuse the saved test outputs of several runs or folds",
         description="Fuse test predictions of finished runs, k-fold runs or single folds "
         "without retraining, and write one submission.")
+    en.set_defaults(func=_ensemble)
     en.add_argument("members", nargs="+", metavar="RUN_DIR",
                     help="run, k-fold or fold directories (or test_outputs.pt files)")
     en.add_argument("--method", choices=METHODS,
@@ -133,6 +138,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
         "(trainer.keep_checkpoints), or of the N best by its monitored metric "
         "(trainer.keep_best_checkpoints), save checkpoints/average-last<N>.pt (or "
         "average-best<N>.pt) and write the submission into RUN_DIR/average-last<N>/.")
+    av.set_defaults(func=_average)
     av.add_argument("run", metavar="RUN_DIR", help="a finished run directory")
     which = av.add_mutually_exclusive_group(required=True)
     which.add_argument("--last", type=int, metavar="N", help="the newest N kept checkpoints")
@@ -145,6 +151,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
         "overrides sampled from the recipe's [tune.space]; the objective is the monitored "
         "metric (or the out-of-fold one with --folds). The study lives in <study>/study.db "
         "(SQLite) unless --storage names another database; --resume continues it.")
+    tu.set_defaults(func=_tune)
     tu.add_argument("--trials", type=int, metavar="N",
                     help="trials the study should hold, finished or pruned (tune.trials)")
     tu.add_argument("--timeout", type=float, metavar="S",
@@ -167,34 +174,39 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
                             description="Download and extract the competition's data with the "
                             "kaggle CLI (installed and configured with your API token).")
     dl.add_argument("--dest", metavar="DIR", help=f"destination (default: data/{name})")
+    dl.set_defaults(func=_download)
     dd = actions.add_parser("demo-data", help="write the synthetic demo data set")
     dd.add_argument("--dest", metavar="DIR", help=f"destination (default: data/demo/{name})")
+    dd.set_defaults(func=_demo_data)
 
 
 def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description="NTU ML 2022 homework runner")
     sub = parser.add_subparsers(dest="task", required=True, metavar="COMMAND")
-    sub.add_parser("list", help="list the homeworks")
+    sub.add_parser("list", help="list the homeworks").set_defaults(func=_list)
     rp = sub.add_parser("runs", help="every run under runs/ as a table",
                         description="Every run under runs/ (or --root): name, date, state, "
                         "what its config changes against the homework's default recipe, its "
                         "best monitored metric and where.")
+    rp.set_defaults(func=_runs)
     rp.add_argument("--hw", metavar="HW", help="one homework only")
     rp.add_argument("--sort", metavar="METRIC", help="sort by this metric (e.g. valid_acc)")
     rp.add_argument("--root", default="runs", metavar="DIR", help="where runs live (runs)")
     cp = sub.add_parser("compare", help="overlay runs' validation curves, diff their configs",
                         description="Overlay the validation curves of runs in one PNG and "
                         "print their config differences side by side.")
+    cp.set_defaults(func=_compare)
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cp.add_argument("--metric", metavar="M", help="the curve to draw (default: the first "
                     "run's trainer.monitor)")
     cp.add_argument("--out", metavar="FILE", help="the PNG (default: compare.png here)")
     nw = sub.add_parser("new", help="scaffold a new homework package that trains on demo data",
                         description="Write hw/NAME/ (or hw/PKG/: data.py, model.py, "
-                        "task.py, the HOMEWORK entry), configs/NAME.toml and NAME_cpu.toml "
-                        "and tests/test_NAME.py; "
+                        "task.py, README.md, the HOMEWORK entry), configs/NAME.toml and "
+                        "NAME_cpu.toml and tests/test_NAME.py; "
                         "`NAME train --demo` works right after. Writes nothing if any of them "
                         "exists.")
+    nw.set_defaults(func=_new)
     nw.add_argument("name", metavar="NAME", help="the homework's command name, e.g. hw8")
     nw.add_argument("--kind", required=True, choices=tuple(KINDS),
                     help="the task's shape")
@@ -237,8 +249,9 @@ def resolve_recipe(task_cls: type[Task], config: str | None, overrides: list[str
     return load_config(task_cls.schema(), path, overrides), path, overrides
 
 
-def _train(task_cls: type[Task], args) -> int:
-    kfold = args.action == "kfold"
+def _train(args) -> int:
+    """`<hw> train` and `<hw> kfold`: a new run from the recipe, or --resume one."""
+    task_cls, kfold = args.task_cls, args.action == "kfold"
     if args.resume:
         if args.config or args.overrides or args.data or args.demo or args.out or \
                 getattr(args, "folds", None):
@@ -297,8 +310,12 @@ def _train(task_cls: type[Task], args) -> int:
     return 0
 
 
-def _tune(task_cls: type[Task], args) -> int:
+def _tune(args) -> int:
     """`<hw> tune`: start a study (its folder, study.json) or continue one (--resume)."""
+    task_cls = args.task_cls
+    if args.folds == 1:
+        raise UserError("--folds 1: 1 fold trains on nothing held out; use 0 (the "
+                        "monitored metric) or at least 2")
     if args.resume:
         if args.config or args.overrides or args.data or args.demo or args.out:
             raise UserError("--resume continues a study with its saved study.json; pass "
@@ -381,100 +398,119 @@ def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission
 
 
 def main(tasks: TaskRegistry, argv: list[str] | None = None) -> int:
+    """Parse argv and run the subcommand's handler (each subparser's `func`) inside the one
+    error boundary; a homework's own command parses its own options."""
     titles = {name: getattr(loader, "title", name) for name, loader in tasks.items()}
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) >= 2 and argv[1] in getattr(tasks.get(argv[0]), "commands", {}):
-        return _command(tasks, argv)  # a homework's own action parses its own options
+        return guarded(_command, tasks[argv[0]], argv)
     args = build_parser(tasks, titles).parse_args(argv)
+    args.tasks = tasks
     distributed.init_from_env()  # under torchrun: join the process group
     try:
-        return _main(tasks, titles, args)
+        return guarded(_dispatch, args)
     finally:
         distributed.shutdown()
 
 
-def _main(tasks: TaskRegistry, titles: dict[str, str], args) -> int:
-    if args.task == "list":
-        for name in tasks:
-            print(f"{name:6s} {titles[name]}")
-        return 0
-    try:
-        if args.task == "new":
-            written = new(args.name, args.kind, Path(args.root), taken=set(tasks),
-                          title=args.title, package=args.package)
-            for path in written:
-                say(f"wrote {path}")
-            say(f"next: python scripts/run.py {args.name} train --demo; "
-                f"python -m pytest {written[-1]}")
-            return 0
-        if args.task in ("runs", "compare"):
-            from common.experiments import runs as run_table
-
-            if args.task == "runs":
-                return run_table.runs_command(tasks, args.root, hw=args.hw, sort=args.sort)
-            return run_table.compare_command(tasks, args.runs, metric=args.metric,
-                                             out=args.out)
-        task_cls, args.homework = tasks[args.task](), tasks[args.task]
+def _dispatch(args) -> int:
+    """The parsed subcommand's handler; `<hw> <action>` gets the homework's entry and task
+    class, its numeric options checked first."""
+    if getattr(args, "homework", None) is not None:
+        args.homework = args.tasks[args.homework]
+        args.task_cls = args.homework()
         check_options(args, OPTION_RULES.get(args.action, {}))
-        if args.action == "tune" and args.folds == 1:
-            raise UserError("--folds 1: 1 fold trains on nothing held out; use 0 (the "
-                            "monitored metric) or at least 2")
-        if args.action == "tune":
-            return _tune(task_cls, args)
-        if args.action == "download":
-            from common.experiments.handoff import download
-
-            say(f"data: {download(task_cls, Path(args.dest or f'data/{task_cls.name}'))}")
-            return 0
-        if args.action in ("train", "kfold"):
-            return _train(task_cls, args)
-        if args.action == "predict":
-            predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
-            path = predict(task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
-            say(f"submission: {path}")
-            handoff(task_cls, path, Path(args.run).name)
-            return 0
-        if args.action == "ensemble":
-            out = Path(args.out) if args.out else \
-                RunDir.new("runs", task_cls.name, "ensemble").path
-            path = ensemble_run(task_cls, args.members, out, method=args.method,
-                                weights=args.weights, data_dir=args.data)
-            say(f"submission: {path}")
-            handoff(task_cls, path, out.name)
-            return 0
-        if args.action == "average":
-            select = "best" if args.best is not None else "last"
-            path = average_run(task_cls, args.run, args.best if select == "best" else args.last,
-                               select=select, data_dir=args.data)
-            say(f"submission: {path}")
-            handoff(task_cls, path, Path(args.run).name)
-            return 0
-        if args.action == "demo-data":
-            say(f"demo data: {demo_dir(task_cls, args.dest)}")
-            return 0
-    except OSError as exc:  # outside a training run: nothing to resume
-        return _report(write_error(exc))
-    except UserError as exc:
-        return _report(exc)
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
-    return 1
+    return args.func(args)
 
 
-def _command(tasks: TaskRegistry, argv: list[str]) -> int:
-    """Run `<hw> <command> ...` with the homework's function(argv), argv[0] its program."""
-    module, function = tasks[argv[0]].commands[argv[1]][1].split(":")
-    run = getattr(importlib.import_module(module), function)
+def guarded(func: Callable[..., int], *args) -> int:
+    """The command line's one error boundary: a user's error is one line and exit 2 (a write
+    that the disk or folders refused is one), Ctrl-C exits 130; anything else is a bug and is
+    raised as it is."""
     try:
-        return run([f"{command_name()} {argv[0]} {argv[1]}", *argv[2:]])
-    except OSError as exc:  # the same failure path as the shared commands
+        return func(*args)
+    except OSError as exc:
         return _report(write_error(exc))
     except UserError as exc:
         return _report(exc)
     except KeyboardInterrupt:
-        print("interrupted; nothing was replaced", file=sys.stderr)
+        print("interrupted; nothing was replaced (continue a run with --resume RUN_DIR)",
+              file=sys.stderr)
         return 130
+
+
+def _list(args) -> int:
+    for name, entry in args.tasks.items():
+        print(f"{name:6s} {getattr(entry, 'title', name)}")
+    return 0
+
+
+def _new(args) -> int:
+    written = new(args.name, args.kind, Path(args.root), taken=set(args.tasks),
+                  title=args.title, package=args.package)
+    for path in written:
+        say(f"wrote {path}")
+    say(f"next: python scripts/run.py {args.name} train --demo; python -m pytest {written[-1]}")
+    return 0
+
+
+def _runs(args) -> int:
+    from common.experiments import runs as run_table
+
+    return run_table.runs_command(args.tasks, args.root, hw=args.hw, sort=args.sort)
+
+
+def _compare(args) -> int:
+    from common.experiments import runs as run_table
+
+    return run_table.compare_command(args.tasks, args.runs, metric=args.metric, out=args.out)
+
+
+def _download(args) -> int:
+    from common.experiments.handoff import download
+
+    task_cls = args.task_cls
+    say(f"data: {download(task_cls, Path(args.dest or f'data/{task_cls.name}'))}")
+    return 0
+
+
+def _predict(args) -> int:
+    predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
+    path = predict(args.task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
+    say(f"submission: {path}")
+    handoff(args.task_cls, path, Path(args.run).name)
+    return 0
+
+
+def _ensemble(args) -> int:
+    out = Path(args.out) if args.out else RunDir.new("runs", args.task_cls.name, "ensemble").path
+    path = ensemble_run(args.task_cls, args.members, out, method=args.method,
+                        weights=args.weights, data_dir=args.data)
+    say(f"submission: {path}")
+    handoff(args.task_cls, path, out.name)
+    return 0
+
+
+def _average(args) -> int:
+    select = "best" if args.best is not None else "last"
+    path = average_run(args.task_cls, args.run, args.best if select == "best" else args.last,
+                       select=select, data_dir=args.data)
+    say(f"submission: {path}")
+    handoff(args.task_cls, path, Path(args.run).name)
+    return 0
+
+
+def _demo_data(args) -> int:
+    say(f"demo data: {demo_dir(args.task_cls, args.dest)}")
+    return 0
+
+
+def _command(homework, argv: list[str]) -> int:
+    """Run `<hw> <command> ...` with the homework's function(argv, homework), argv[0] its
+    program's name."""
+    module, function = homework.commands[argv[1]][1].split(":")
+    run = getattr(importlib.import_module(module), function)
+    return run([f"{command_name()} {argv[0]} {argv[1]}", *argv[2:]], homework)
 
 
 def write_error(exc: OSError) -> UserError:

@@ -5,6 +5,7 @@ temporary folder, as a user's checkout would get it; there each is listed, meets
 rules, runs its full recipe, folds (or refuses to) and tunes, and its generated tests pass."""
 
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -82,6 +83,12 @@ def test_every_kind_is_discovered_and_meets_the_lint_rules(generated):
     listed = run_in(generated, "list").stdout   # discovered: no table edited
     for kind, name in NAMES.items():
         assert f'{name:<6} {kind} "scaffold"' in listed, listed
+        folder = generated / "hw" / ("hw_pkg" if kind == "images" else name)
+        readme = (folder / "README.md").read_text()   # a README whose commands are its own
+        assert readme.startswith(f'# {kind} \'scaffold\'') and \
+            f"scripts/run.py {name} train --demo" in readme, readme[:200]
+        for link in re.findall(r"\]\(([^)]+)\)", readme):
+            assert (folder / link).is_file(), link
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff:  # the generated code meets this repository's lint rules
         lint = subprocess.run([ruff, "check", "--config", str(ROOT / "pyproject.toml"), "hw",

@@ -1,7 +1,7 @@
 """`new NAME --kind KIND`: a homework package that trains on its demo data at once.
 
 It writes hw/<name>/ (or hw/<package>/: `__init__.py` with the HOMEWORK entry, `data.py`,
-`model.py`, `task.py`), configs/<name>.toml and configs/<name>_cpu.toml, and
+`model.py`, `task.py`, `README.md`), configs/<name>.toml and configs/<name>_cpu.toml, and
 tests/test_<name>.py, from the templates in templates/<kind's folder>/ beside this module
 (a file a kind lacks comes from templates/shared/). Nothing is written unless every target is
 free: the files are staged in a temporary folder under the root and moved into place at the
@@ -55,6 +55,7 @@ def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
     package = root / "hw" / (package or name)
     return {"__init__.py.tmpl": package / "__init__.py", "data.py.tmpl": package / "data.py",
             "model.py.tmpl": package / "model.py", "task.py.tmpl": package / "task.py",
+            "README.md.tmpl": package / "README.md",
             "config.toml.tmpl": root / "configs" / f"{name}.toml",
             "config_cpu.toml.tmpl": root / "configs" / f"{name}_cpu.toml",
             "test.py.tmpl": root / "tests" / f"test_{name}.py"}

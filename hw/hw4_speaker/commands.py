@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.homework import Homework
 from hw.hw4_speaker.data import featurize
 
 
-def featurize_command(argv: list[str]) -> int:
+def featurize_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw4 featurize --audio DIR --out DIR [--seed N]` (argv[0] is the program)."""
     import argparse
 

@@ -18,6 +18,7 @@ from common.engine.rundir import RunDir
 from common.engine.runlog import say
 from common.experiments.finished import load_run_model
 from common.experiments.pipeline import make_trainer
+from common.homework import Homework
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.task import Pairs, Sampling, TranslationTask
 
@@ -26,7 +27,7 @@ def _parser(argv0: str, description: str) -> argparse.ArgumentParser:
     return run_parser(argv0, description, "a finished hw5 run")
 
 
-def backtranslate_command(argv: list[str]) -> int:
+def backtranslate_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw5 backtranslate --run RUN [--mono FILE] [--sample]`: translate monolingual
     Chinese with a zh-en run into synthetic.en / synthetic.zh for data.synthetic."""
     parser = _parser(argv[0], "Translate a monolingual Chinese file with a zh->en run (trained "
@@ -80,7 +81,7 @@ def backtranslate_command(argv: list[str]) -> int:
     return 0
 
 
-def report_command(argv: list[str]) -> int:
+def report_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw5 report --run RUN`: report_positions.png and report_grad_norm.png."""
     parser = _parser(argv[0], "The report's figures: the cosine similarity of the decoder's "
                      "positional embeddings (Q1) and the gradient norm of every update with "

@@ -20,11 +20,12 @@ from common.engine.rundir import RunDir
 from common.engine.runlog import say
 from common.experiments.finished import load_run_model
 from common.experiments.pipeline import make_trainer
+from common.homework import Homework
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import SUBMISSION_IMAGES, GanTask
 
 
-def generate_command(argv: list[str]) -> int:
+def generate_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw6 generate --run RUN [--out DIR] [--count N] [--truncation PSI]`."""
     parser = run_parser(
         argv[0], "Generate faces with a run's generator (EMA weights when it kept them) into "
@@ -80,7 +81,7 @@ def read_image_set(path: Path, size: int) -> np.ndarray:
     raise UserError(f"{path}: neither a folder of images nor a .tgz archive")
 
 
-def fid_command(argv: list[str]) -> int:
+def fid_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw6 fid --real DIR --fake DIR|TGZ [--inception PATH] [--cascade PATH]`."""
     parser = argparse.ArgumentParser(
         prog=argv[0], description="The Fréchet distance between the features of two image "
@@ -122,7 +123,7 @@ def fid_command(argv: list[str]) -> int:
     return 0
 
 
-def report_command(argv: list[str]) -> int:
+def report_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw6 report --run A [--run B ...] [--out FILE]`."""
     parser = argparse.ArgumentParser(
         prog=argv[0], description="The report's figure: the discriminator's per-layer "

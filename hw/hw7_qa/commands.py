@@ -9,10 +9,11 @@ import numpy as np
 
 from common.cli import resolve_recipe
 from common.engine.runlog import say
+from common.homework import Homework
 from hw.hw7_qa.task import QATask
 
 
-def spans_command(argv: list[str]) -> int:
+def spans_command(argv: list[str], homework: Homework) -> int:
     """`run.py hw7 spans --data DIR [--config FILE] [--set k=v ...]`: how many train and dev
     answers lie wholly inside a window and come back exactly through tokenisation, offsets
     and text cutting."""
@@ -25,10 +26,8 @@ def spans_command(argv: list[str]) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value")
     args = parser.parse_args(argv[1:])
-    from hw import TASKS  # this homework's entry: where its recipes are
-
-    config, _, _ = resolve_recipe(QATask, args.config, args.overrides,
-                                  homework=TASKS[QATask.name], data=args.data)
+    config, _, _ = resolve_recipe(QATask, args.config, args.overrides, homework=homework,
+                                  data=args.data)
     data = QATask(config).load_train(Path(args.data))
     rows = np.arange(len(data))
     task = QATask(config).fitted(data, rows)
