@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.core import distributed
-from common.core.config import Config, check_value, load_config, toml_value
+from common.core.config import Config, check_value, load_config, rules_of, toml_value
 from common.core.errors import UserError
 from common.engine.fusion import FUSABLE, METHODS
 from common.engine.rundir import RunDir
 from common.engine.runlog import say
+from common.engine.sections import KFoldConfig, PredictConfig, TuneConfig
 from common.engine.task import Task
 from common.experiments.finished import average_run, ensemble_run, load_run_config, predict_run
 from common.experiments.handoff import handoff
@@ -57,13 +58,14 @@ def check_options(args, rules: dict[str, dict]) -> None:
             check_value(value, rule, f"--{name.replace('_', '-')} {shown}")
 
 
-OPTION_RULES = {  # per action of the shared command line
-    "kfold": {"folds": {"min": 2}},
-    "predict": {"tta": {"min": 0}},
+OPTION_RULES = {  # per action of the shared command line; an option that sets a config key
+    # checks that key's own rules
+    "kfold": {"folds": rules_of(KFoldConfig, "folds")},
+    "predict": {"tta": rules_of(PredictConfig, "tta")},
     "ensemble": {"weights": {"min": 0.0}},
     "average": {"last": {"min": 1}, "best": {"min": 1}},
-    "tune": {"trials": {"min": 1}, "timeout": {"min": 0.0}, "workers": {"min": 1},
-             "folds": {"min": 0}, "ensemble_top": {"min": 0}},
+    "tune": {"trials": rules_of(TuneConfig, "trials"), "timeout": rules_of(TuneConfig, "timeout"),
+             "workers": {"min": 1}, "folds": {"min": 0}, "ensemble_top": {"min": 0}},
 }
 
 

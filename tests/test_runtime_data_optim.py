@@ -114,8 +114,13 @@ def test_schedules_are_pure_functions_of_the_step():
     linear = SchedConfig(name="linear", warmup_steps=10, min_lr_ratio=0.1)
     assert [lr_factor(s, linear, **kw) for s in (4, 10, 55, 100, 150)] == pytest.approx(
         [0.5, 1.0, 0.55, 0.1, 0.1])
-    with pytest.raises(UserError):
-        lr_factor(0, SchedConfig(name="wiggly"), **kw)
+    # an unknown name is refused once, where sched.name's choices are declared
+    from common.core.config import build_config
+
+    with pytest.raises(UserError, match="sched.name: 'wiggly' is not a choice"):
+        build_config({"sched": SchedConfig}, {"sched": {"name": "wiggly"}})
+    assert build_config({"sched": SchedConfig}, {"sched": {"name": "Cosine"}})["sched"].name \
+        == "cosine"   # spelled as declared
 
 
 def test_optimizers_by_name():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.config import load_config
+from common.core.config import build_config, load_config
 from common.core.errors import UserError
 from common.core.runtime import Salt, derive_seed
 from common.data.mix import (
@@ -18,6 +18,7 @@ from common.data.mix import (
 from common.engine.checkpoint import average_state_dicts, load_checkpoint
 from common.engine.fusion import fuse, vote
 from common.engine.rundir import RunDir
+from common.engine.sections import KFoldConfig
 from common.engine.trainer import Callback, Trainer
 from common.experiments.finished import average_run, predict_run
 from common.experiments.kfold import kfold_run, make_folds, predict_kfold
@@ -66,8 +67,8 @@ def test_folds_are_disjoint_cover_everything_and_are_deterministic(split):
 
 
 def test_fold_errors_are_user_errors():
-    with pytest.raises(UserError, match="at least 2"):
-        make_folds(10, 1)
+    with pytest.raises(UserError, match="kfold.folds: 1 must be at least 2"):
+        build_config({"kfold": KFoldConfig}, {"kfold": {"folds": 1}})   # the key's own rule
     with pytest.raises(UserError, match="no groups"):
         make_folds(10, 2, split="group")
     with pytest.raises(UserError, match="more folds"):

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from common.core.config import load_config
 from common.core.io import atomic_write
 from common.engine.models import build_mlp
-from common.engine.objective import OptimizerSpec
+from common.engine.optim import OptimizerSpec
 from common.engine.task import Task
 from common.experiments.pipeline import fit_split, make_trainer
 

@@ -34,6 +34,12 @@ def option(default: Any = dataclasses.MISSING, *, factory=None, min=None, max=No
     return dataclasses.field(default=default, metadata={"rules": rules})
 
 
+def rules_of(cls: type, name: str) -> dict[str, Any]:
+    """The rules `option` declared on field `name` of config dataclass `cls` (a command-line
+    option that sets that field checks the same ones)."""
+    return next(f.metadata.get("rules", {}) for f in dataclasses.fields(cls) if f.name == name)
+
+
 def check_value(value: Any, rules: dict[str, Any], where: str) -> None:
     if "choices" in rules:
         choices = rules["choices"]
@@ -129,10 +135,17 @@ def build_config(schema: dict[str, type], raw: dict[str, Any], source: str = "co
             )
         kwargs = {k: _coerce(v, types_[k], where(section, k)) for k, v in values.items()}
         config[section] = cls(**kwargs)
+        spelled = {}   # a choice as declared, however the file cased it (Adam -> adam)
         for f in dataclasses.fields(cls):
             rules = f.metadata.get("rules")
             if rules:
-                check_value(getattr(config[section], f.name), rules, where(section, f.name))
+                value = getattr(config[section], f.name)
+                check_value(value, rules, where(section, f.name))
+                if "choices" in rules and isinstance(value, str):
+                    spelled[f.name] = next(c for c in rules["choices"]
+                                           if str(c).lower() == value.lower())
+        if spelled:
+            config[section] = dataclasses.replace(config[section], **spelled)
     return config
 
 

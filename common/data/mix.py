@@ -70,10 +70,6 @@ class MixBatch:
     which the trainer checkpoints, so a resumed run mixes the same way."""
 
     def __init__(self, cfg: MixConfig, n_classes: int = 0):
-        if cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0:
-            raise UserError("mix.mixup_alpha and mix.cutmix_alpha must be >= 0")
-        if not 0.0 <= cfg.prob <= 1.0 or not 0.0 <= cfg.switch_prob <= 1.0:
-            raise UserError("mix.prob and mix.switch_prob must lie in [0, 1]")
         self.cfg, self.n_classes = cfg, n_classes
 
     @property

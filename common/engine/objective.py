@@ -9,28 +9,29 @@ tests/test_toy_seq.py and tests/test_toy_span.py for tasks that use each hook.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from common.data.batches import concat
 from common.data.loading import EpochBatchSampler
-from common.engine.optim import OptimConfig, SchedConfig, param_groups
+from common.engine.optim import OptimConfig, OptimizerSpec, SchedConfig, param_groups
 
-if TYPE_CHECKING:
-    from common.engine.trainer import Callback, Trainer
+Trainer = Any   # the engine's Trainer, which calls these hooks (imported by it, not here)
 
 
-@dataclass
-class OptimizerSpec:
-    """One named optimizer: its parameters (or parameter-group dicts, which may carry
-    "weight_decay" and "lr_scale"), its settings and its learning-rate schedule."""
+class Callback:
+    """Hooks called by Trainer.fit; override any. A callback with state_dict/load_state_dict
+    is checkpointed with the run."""
 
-    params: list
-    optim: OptimConfig
-    sched: SchedConfig
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float], outputs: Any) -> None:
+        """After each evaluation: its metrics row, and the validation predictions it was
+        computed from (finalized, in dataset order; None without a validation set)."""
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
 
 
 class Objective:

@@ -72,6 +72,16 @@ class SchedConfig:
     min_lr_ratio: float = option(0.0, min=0.0, max=1.0)
 
 
+@dataclass
+class OptimizerSpec:
+    """One named optimizer: its parameters (or parameter-group dicts, which may carry
+    "weight_decay" and "lr_scale"), its settings and its learning-rate schedule."""
+
+    params: list
+    optim: OptimConfig
+    sched: SchedConfig
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig, *,
                  layer_id: Callable[[str], int | None] | None = None,
                  num_layers: int = 0) -> list[dict]:
@@ -81,8 +91,6 @@ def param_groups(model: nn.Module, cfg: OptimConfig, *,
     `layer_decay` < 1, `layer_id(name)` numbers each parameter's layer (0: embeddings ..
     num_layers: the head; None: the head) and layer l's lr is scaled by decay^(num_layers - l);
     the scale travels in the group as "lr_scale", which `set_lr` applies."""
-    if not 0.0 < cfg.layer_decay <= 1.0:
-        raise UserError(f"optim.layer_decay={cfg.layer_decay} must lie in (0, 1]")
     if cfg.layer_decay < 1.0 and layer_id is None:
         raise UserError("optim.layer_decay < 1 needs a model whose layers the task numbers; "
                         "this task does not (set optim.layer_decay = 1)")
@@ -117,9 +125,7 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
 def lr_factor(step: int, cfg: SchedConfig, *, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate for the update numbered `step` (0-based)."""
     warmup = cfg.warmup_steps + round(cfg.warmup_epochs * steps_per_epoch)
-    name = cfg.name.lower()
-    if name not in SCHEDULES:
-        raise UserError(f"sched.name={cfg.name!r} is unknown; choose {', '.join(SCHEDULES)}")
+    name = cfg.name.lower()   # one of SCHEDULES: sched.name's option rule
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if name == "constant":

@@ -13,8 +13,7 @@ from torch import nn
 
 from common.core import distributed
 from common.core.errors import UserError
-from common.engine.objective import OptimizerSpec
-from common.engine.optim import build_optimizer, lr_factor, set_lr
+from common.engine.optim import OptimizerSpec, build_optimizer, lr_factor, set_lr
 
 
 class Stepper:

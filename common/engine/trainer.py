@@ -41,8 +41,8 @@ from common.core.runtime import (
 from common.data.batches import take, to_cpu, to_device
 from common.data.loading import build_loader, supports_batched_indexing
 from common.engine.checkpoint import CheckpointManager, load_checkpoint
-from common.engine.objective import Objective, OptimizerSpec
-from common.engine.optim import OptimConfig, SchedConfig
+from common.engine.objective import Callback, Objective
+from common.engine.optim import OptimConfig, OptimizerSpec, SchedConfig
 from common.engine.rundir import RunDir
 from common.engine.runlog import RunLog
 from common.engine.stepper import Stepper
@@ -97,19 +97,6 @@ class TrainerConfig:
     max_eval_batches: int = option(0, min=0)  # for dry runs; 0: all
 
 
-class Callback:
-    """Hooks called by Trainer.fit; override any. A callback with state_dict/load_state_dict
-    is checkpointed with the run."""
-
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer) -> None: ...
-    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float], outputs: Any) -> None:
-        """After each evaluation: its metrics row, and the validation predictions it was
-        computed from (finalized, in dataset order; None without a validation set)."""
-    def on_epoch_end(self, trainer: Trainer) -> None: ...
-    def on_fit_end(self, trainer: Trainer) -> None: ...
-
-
 @dataclass
 class TrainState:
     epoch: int = 0                    # epoch in progress
@@ -153,15 +140,6 @@ class RunningMeans:
                      for k, s in state.items()}
 
 
-def _check(cfg: TrainerConfig) -> None:
-    if cfg.mode not in ("min", "max"):
-        raise UserError(f"trainer.mode={cfg.mode!r} must be min or max")
-    if cfg.accum_steps < 1:
-        raise UserError("trainer.accum_steps must be at least 1")
-    if cfg.ema and not 0.0 <= cfg.ema_decay <= 1.0:
-        raise UserError(f"trainer.ema_decay={cfg.ema_decay} must lie in [0, 1]")
-
-
 def _name(objective) -> str:
     """A task's name (or an objective's class name), for messages."""
     return getattr(objective, "name", "") or getattr(objective, "__name__", "") or \
@@ -189,7 +167,6 @@ class Trainer:
                  optim: OptimConfig | None = None, sched: SchedConfig | None = None,
                  run_dir: str | Path | None = None, callbacks: list[Callback] = (),
                  extra_state: dict[str, Any] | None = None, batch_transform=None):
-        _check(cfg)
         self.cfg, self.objective = cfg, objective
         self.device = choose_device(cfg.device)
         if self.device.type == "cpu" and cfg.flush_denormal:

@@ -49,10 +49,6 @@ def make_folds(n: int, folds: int, *, seed: int = 0, split: str = "auto",
     """Deterministic (train_idx, held_out_idx) pairs; held-out parts are disjoint and cover
     0..n-1. auto: grouped when groups are given (stratified too when labels are), stratified
     when labels are, plain shuffled KFold otherwise."""
-    if split not in SPLITS:
-        raise UserError(f"kfold.split={split!r}: choose one of {', '.join(SPLITS)}")
-    if folds < 2:
-        raise UserError(f"--folds {folds}: k-fold needs at least 2 folds")
     if folds > n:
         raise UserError(f"--folds {folds}: more folds than the {n} training items")
     if split == "auto":

@@ -97,8 +97,6 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
         check_fusable(task.output_kind, f"{task.name} models")
     outputs, targets, _ = trainer.collect(dataset, with_targets)
     if cfg.tta > 0:
-        if not 0.0 <= cfg.tta_plain_weight <= 1.0:
-            raise UserError(f"predict.tta_plain_weight={cfg.tta_plain_weight} must lie in [0, 1]")
         views = [outputs]
         for view in range(cfg.tta):
             seed = derive_seed(task.config["trainer"].seed, Salt.TTA, view)

@@ -26,7 +26,7 @@ from common.core.errors import UserError
 from common.core.io import atomic_write, files_key
 from common.core.runtime import choose_device, derive_seed
 from common.data.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
-from common.engine.objective import OptimizerSpec
+from common.engine.optim import OptimizerSpec
 from common.engine.sections import DataConfig
 from common.engine.task import Task
 from common.engine.trainer import Callback
