@@ -125,6 +125,23 @@ def test_classification_loss_for_hard_one_hot_and_mixed_targets():
     assert torch.allclose(classification_loss(logits, soft), smooth, atol=1e-6)
 
 
+def test_the_one_smoothing_key_reaches_the_mixed_targets():
+    """model.label_smoothing smooths hard targets in the loss and the one-hot targets mixup
+    makes (by hand: 1 - eps + eps / C on the label, eps / C elsewhere)."""
+    from common.experiments.pipeline import make_trainer
+    from hw.hw3_food.task import FoodTask
+
+    cfg = load_config(FoodTask.schema(), None, ["model.label_smoothing=0.2",
+                                                "mix.mixup_alpha=1e-4", "model.arch=cnn"])
+    task = FoodTask(cfg)
+    mix = make_trainer(task, torch.nn.Linear(2, 11), None).batch_transform
+    assert mix.label_smoothing == 0.2
+    _, soft = mix((torch.zeros(3, 2), torch.tensor([0, 5, 10])), epoch=0)
+    expected = torch.full((3, 11), 0.2 / 11)
+    expected[[0, 1, 2], [0, 5, 10]] = 0.8 + 0.2 / 11
+    assert torch.allclose(soft, expected, atol=1e-3)
+
+
 def test_mixup_with_alpha_near_zero_leaves_the_batch_unchanged():
     torch.manual_seed(0)
     x, y = torch.randn(16, 7), torch.randint(0, 4, (16,))

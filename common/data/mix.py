@@ -25,7 +25,6 @@ class MixConfig:
     # with both on: chance of CutMix instead of mixup
     switch_prob: float = option(0.5, min=0.0, max=1.0)
     off_epoch: int = option(0, min=0)  # from this epoch (0-based) on, no mixing; 0: never off
-    label_smoothing: float = option(0.0, min=0.0, below=1.0)  # applied to the mixed soft targets
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor,
@@ -65,12 +64,14 @@ def cutmix_box(h: int, w: int, lam: float):
 class MixBatch:
     """Mix a training batch (input first, target last) with a shuffled copy of itself.
 
-    Integer targets become soft one-hot targets over `n_classes`; float targets (regression
-    values or soft labels) are mixed as they are. Randomness comes from torch's global RNG,
+    Integer targets become soft one-hot targets over `n_classes`, smoothed by
+    `label_smoothing` (the task's model.label_smoothing: the one key, whose value hard
+    targets get in the loss); float targets (regression values or soft labels) are mixed as
+    they are. Randomness comes from torch's global RNG,
     which the trainer checkpoints, so a resumed run mixes the same way."""
 
-    def __init__(self, cfg: MixConfig, n_classes: int = 0):
-        self.cfg, self.n_classes = cfg, n_classes
+    def __init__(self, cfg: MixConfig, n_classes: int = 0, label_smoothing: float = 0.0):
+        self.cfg, self.n_classes, self.label_smoothing = cfg, n_classes, label_smoothing
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +82,7 @@ class MixBatch:
             return y
         if not self.n_classes:
             raise UserError("mixup of integer targets needs a classification task")
-        return one_hot_smooth(y, self.n_classes, self.cfg.label_smoothing)
+        return one_hot_smooth(y, self.n_classes, self.label_smoothing)
 
     def __call__(self, batch, epoch: int):
         cfg = self.cfg

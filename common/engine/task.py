@@ -57,6 +57,12 @@ class Task(Objective):
         engine hands every hook after `load_train` (load_test, make_datasets, build_model, ...)."""
         return type(self).with_state(self.config, self.fit(train_data, train_idx))
 
+    @property
+    def label_smoothing(self) -> float:
+        """model.label_smoothing where the model config has it (the one smoothing key: the
+        loss's for hard targets, mixup's for the soft ones), else 0."""
+        return getattr(self.config["model"], "label_smoothing", 0.0)
+
     def class_count(self) -> int:
         """Classes of the model's output (mixup's one-hot width): the fixed `num_classes`, or
         what the data said (a task whose classes come from its files overrides this)."""
@@ -187,8 +193,7 @@ class ClassificationTask(Task):
     higher_is_better: ClassVar[tuple[str, ...]] = ("acc",)
 
     def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
-        smoothing = getattr(self.config["model"], "label_smoothing", 0.0)
-        return classification_loss(output, batch[-1], smoothing)
+        return classification_loss(output, batch[-1], self.label_smoothing)
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor,
                 dataset=None) -> dict[str, float]:

@@ -81,7 +81,7 @@ def data_dir_of(task: Task) -> Path:
 
 def make_trainer(task: Task, model, run_dir: Path | None, callbacks=()) -> Trainer:
     cfg = task.config
-    mix = MixBatch(cfg["mix"], task.class_count())
+    mix = MixBatch(cfg["mix"], task.class_count(), task.label_smoothing)
     return Trainer(model, task, cfg["trainer"], optim=cfg["optim"], sched=cfg["sched"],
                    run_dir=run_dir, callbacks=list(callbacks),
                    extra_state={"config": config_to_dict(cfg), "task": task.state_dict()},
