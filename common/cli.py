@@ -25,7 +25,7 @@ from common.engine.task import Task
 from common.experiments.finished import average_run, ensemble_run, load_run_config, predict_run
 from common.experiments.handoff import handoff
 from common.experiments.kfold import kfold_run, predict_kfold
-from common.experiments.pipeline import dry_run_config, train_run
+from common.experiments.pipeline import data_dir_of, dry_run_config, train_run
 from common.experiments.tune import Study, check_storage, format_table, parse_space, tune
 from common.homework import recipe_path
 from common.scaffold.new import KINDS, new
@@ -242,7 +242,8 @@ def resolve_recipe(task_cls: type[Task], config: str | None, overrides: list[str
     folder (its demo recipe under --demo; a one-line error when that file is absent), then the
     --set overrides and the data folder of --demo / --data, stored absolute so predict and
     --resume work from anywhere. Returns (config, its file, the overrides as applied)."""
-    default = task_cls.demo_config if demo and task_cls.demo_config else task_cls.name
+    demo_recipe = getattr(homework, "demo_config", "")
+    default = demo_recipe if demo and demo_recipe else task_cls.name
     path = Path(config) if config else recipe_path(homework, default)
     overrides = list(overrides)
     if demo or data:
@@ -280,6 +281,8 @@ def _train(args) -> int:
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
         run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
+    RunDir(run_dir).check_writable()   # as the run checks them: the folder, then the data
+    data_dir_of(task_cls(config), getattr(args.homework, "download_hint", ""))
     resume_hint = f"{command_name()} {task_cls.name} {args.action} --resume {run_dir}"
     try:
         if kfold:
@@ -305,10 +308,9 @@ def _train(args) -> int:
         return 0
     say(f"submission: {result['submission']}")
     if distributed.is_main():
-        handoff(task_cls, result["submission"], Path(run_dir).name)
+        handoff(args.homework, result["submission"], Path(run_dir).name)
     if args.demo and distributed.is_main():  # rank 0 wrote the submission
-        demo_summary(task_cls, config, run_dir, result["submission"],
-                     getattr(args.homework, "recipes", None))
+        demo_summary(task_cls, config, run_dir, result["submission"], args.homework)
     return 0
 
 
@@ -331,6 +333,7 @@ def _tune(args) -> int:
                                                         homework=args.homework,
                                                         demo=args.demo, data=args.data)
         parse_space(config["tune"].space, task_cls.schema())  # a bad space: one line, now
+        data_dir_of(task_cls(config), getattr(args.homework, "download_hint", ""))
         cfg = config["tune"]
         name = f"{config_path.stem}-tune" + ("-demo" if args.demo else "")
         folder = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
@@ -364,7 +367,7 @@ def _tune(args) -> int:
             f"{best.user_attrs.get('run_dir')}")
     if result["ensemble"] is not None:
         say(f"ensemble of the best {args.ensemble_top}: {result['ensemble']}")
-        handoff(task_cls, result["ensemble"], Path(study.folder).name)
+        handoff(args.homework, result["ensemble"], Path(study.folder).name)
     return 0
 
 
@@ -375,8 +378,12 @@ def command_name() -> str:
 
 
 def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission: Path,
-                 recipes: Path | None = None) -> None:
-    """Where things went, how good the result is on the demo's answer key, what to try next."""
+                 homework=None) -> None:
+    """Where things went, how good the result is on the demo's answer key (beside the course
+    sample's, from the homework's entry), what to try next."""
+    recipes = getattr(homework, "recipes", None)
+    baseline = getattr(homework, "demo_baseline", "")
+    hint = getattr(homework, "download_hint", "")
     cmd = f"{command_name()} {task_cls.name}"
     data_dir = Path(config["data"].dir)
     say(f"demo data: {data_dir} (synthetic, in the real layout)")
@@ -385,8 +392,7 @@ def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission
     if score:
         say("demo test score (against the demo's answer key): "
             + " ".join(f"{k} {v:.4g}" for k, v in score.items())
-            + (f"; the course sample: {task_cls.demo_baseline}" if task_cls.demo_baseline
-               else ""))
+            + (f"; the course sample: {baseline}" if baseline else ""))
     sample = Path(recipes or ".") / f"{task_cls.name}_sample.toml"
     if recipes and sample.is_file():
         shown = sample.resolve()
@@ -394,7 +400,7 @@ def demo_summary(task_cls: type[Task], config: Config, run_dir: Path, submission
             shown = shown.relative_to(Path.cwd())
         say(f"next: compare the course sample: {cmd} train --demo --config {shown}")
     say(f"next: the real data: {cmd} train --data data/{task_cls.name} "
-        f"(download: {task_cls.download_hint or 'see data/README.md'})")
+        f"(download: {hint or 'see data/README.md'})")
     if task_cls.output_kind in FUSABLE:
         say(f"      folds and an ensemble: {cmd} kfold --demo --folds 5")
 
@@ -472,7 +478,7 @@ def _download(args) -> int:
     from common.experiments.handoff import download
 
     task_cls = args.task_cls
-    say(f"data: {download(task_cls, Path(args.dest or f'data/{task_cls.name}'))}")
+    say(f"data: {download(args.homework, Path(args.dest or f'data/{task_cls.name}'))}")
     return 0
 
 
@@ -480,7 +486,7 @@ def _predict(args) -> int:
     predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
     path = predict(args.task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
     say(f"submission: {path}")
-    handoff(args.task_cls, path, Path(args.run).name)
+    handoff(args.homework, path, Path(args.run).name)
     return 0
 
 
@@ -489,7 +495,7 @@ def _ensemble(args) -> int:
     path = ensemble_run(args.task_cls, args.members, out, method=args.method,
                         weights=args.weights, data_dir=args.data)
     say(f"submission: {path}")
-    handoff(args.task_cls, path, out.name)
+    handoff(args.homework, path, out.name)
     return 0
 
 
@@ -498,7 +504,7 @@ def _average(args) -> int:
     path = average_run(args.task_cls, args.run, args.best if select == "best" else args.last,
                        select=select, data_dir=args.data)
     say(f"submission: {path}")
-    handoff(args.task_cls, path, Path(args.run).name)
+    handoff(args.homework, path, Path(args.run).name)
     return 0
 
 

@@ -23,14 +23,25 @@ class Homework:
     `package` (the declaring package's `__name__`), a task module starting with "." is inside
     it, and a command given as a bare function name lives in its `commands` module.
     `recipes`: the folder of its recipes (`<name>.toml`, the default of every command, and
-    the others `--config` names); a subpackage found by `discover` gets its package's."""
+    the others `--config` names); a subpackage found by `discover` gets its package's.
+
+    How it is handed in and found, for the command line's messages: `kaggle_competition` (the
+    Kaggle slug: `download` and the submit line), `grader_note` (how to hand in elsewhere,
+    with {submission}), `download_hint` (where the data comes from), `demo_config` (the
+    recipe `--demo` runs without --config; default `<name>`), `demo_baseline` (the course
+    sample's measured demo score, shown beside a --demo run's)."""
 
     def __init__(self, name: str, title: str, task: str,
                  commands: dict[str, tuple[str, str]] | None = None, *, package: str = "",
-                 recipes: str | Path | None = None):
+                 recipes: str | Path | None = None, kaggle_competition: str = "",
+                 grader_note: str = "", download_hint: str = "", demo_config: str = "",
+                 demo_baseline: str = ""):
         if package and task.startswith("."):
             task = package + task
         self.name, self.title, self.task = name, title, task
+        self.kaggle_competition, self.grader_note = kaggle_competition, grader_note
+        self.download_hint, self.demo_config = download_hint, demo_config
+        self.demo_baseline = demo_baseline
         self.recipes = Path(recipes) if recipes is not None else None
         self.commands = {command: (text, target if ":" in target or not package
                                    else f"{package}.commands:{target}")

@@ -292,10 +292,10 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, hw1_demo):
 # --------------------------------------------------------------------------- hand-off
 def test_handoff_lines_and_download(tmp_path, monkeypatch, capsys):
     from common.experiments.handoff import handoff
-    from hw.hw5_translate.task import TranslationTask
+    from hw import TASKS
 
-    handoff(CovidTask, Path("runs/hw1/x/pred.csv"), "x")
-    handoff(TranslationTask, Path("runs/hw5/y/prediction.txt"), "y")
+    handoff(TASKS["hw1"], Path("runs/hw1/x/pred.csv"), "x")
+    handoff(TASKS["hw5"], Path("runs/hw5/y/prediction.txt"), "y")
     out = capsys.readouterr().out.splitlines()
     assert out == ["hand in: kaggle competitions submit -c ml2022spring-hw1 -f "
                    "runs/hw1/x/pred.csv -m x",

@@ -28,13 +28,8 @@ class Task(Objective):
     data_config: ClassVar[type] = DataConfig
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
-    download_hint: ClassVar[str] = ""
-    kaggle_competition: ClassVar[str] = ""  # the Kaggle slug: `download` and the submit line
-    grader_note: ClassVar[str] = ""         # how to hand in elsewhere ({submission})
     demo_answers: ClassVar[str] = ""      # the demo test set's answer key, beside the data
-    demo_config: ClassVar[str] = ""       # configs/<this>.toml for --demo without --config
-    demo_baseline: ClassVar[str] = ""     # the course sample's measured demo score, for the
-                                          # summary a --demo run ends with
+    # (how a homework is handed in and where its data comes from: its Homework entry)
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
                                             # dim) | spans (per item {span: score}) | scores
                                             # (anomaly scores, only their order counts): fusable;

@@ -23,13 +23,13 @@ def submit_line(slug: str, submission: Path, message: str) -> str:
             f"-m {shlex.quote(message)}")
 
 
-def handoff(task_cls, submission: Path, run_name: str) -> None:
-    """Print how to hand the submission in."""
-    slug = getattr(task_cls, "kaggle_competition", "")
+def handoff(homework, submission: Path, run_name: str) -> None:
+    """Print how to hand the submission in, as the homework's entry (a `Homework`) says."""
+    slug = getattr(homework, "kaggle_competition", "")
     if slug:
         say(f"hand in: {submit_line(slug, Path(submission), run_name)}")
-    elif getattr(task_cls, "grader_note", ""):
-        say(f"hand in: {task_cls.grader_note.format(submission=submission)}")
+    elif getattr(homework, "grader_note", ""):
+        say(f"hand in: {homework.grader_note.format(submission=submission)}")
 
 
 def kaggle_configured() -> bool:
@@ -39,12 +39,13 @@ def kaggle_configured() -> bool:
         os.environ.get("KAGGLE_API_TOKEN")) or (home / "access_token").is_file()
 
 
-def download(task_cls, dest: Path) -> Path:
-    """`kaggle competitions download -c <slug> -p DEST`, then every zip in DEST extracted."""
-    slug = getattr(task_cls, "kaggle_competition", "")
+def download(homework, dest: Path) -> Path:
+    """`kaggle competitions download -c <slug> -p DEST` for the homework's entry (its
+    kaggle_competition), then every zip in DEST extracted."""
+    slug = getattr(homework, "kaggle_competition", "")
     if not slug:
-        raise UserError(f"{task_cls.name} is not on Kaggle; download it yourself: "
-                        f"{task_cls.download_hint or 'see data/README.md'}")
+        raise UserError(f"{homework.name} is not on Kaggle; download it yourself: "
+                        f"{getattr(homework, 'download_hint', '') or 'see data/README.md'}")
     exe = shutil.which("kaggle")
     if exe is None:
         raise UserError(f"download needs the kaggle CLI: pip install kaggle, then {TOKEN_HINT}")

@@ -70,10 +70,12 @@ def dry_run_config(config: Config) -> Config:
     return config
 
 
-def data_dir_of(task: Task) -> Path:
+def data_dir_of(task: Task, download_hint: str = "") -> Path:
+    """The task's data folder (data.dir, default data/<name>), or a one-line error saying
+    where the data comes from (`download_hint`, the homework's)."""
     data_dir = Path(task.config["data"].dir or f"data/{task.name}")
     if not data_dir.is_dir():
-        hint = f"download it ({task.download_hint}) and pass --data" if task.download_hint \
+        hint = f"download it ({download_hint}) and pass --data" if download_hint \
             else "pass --data"
         raise UserError(f"{data_dir}: data directory not found; {hint}, or use --demo")
     return data_dir

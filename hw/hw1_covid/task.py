@@ -55,12 +55,8 @@ class CovidTask(RegressionTask):
     data_config = CovidDataConfig
     model_config = CovidModelConfig
     submission_name = "pred.csv"
-    kaggle_competition = "ml2022spring-hw1"
-    download_hint = "kaggle competitions download -c ml2022spring-hw1"
     header = ("id", "tested_positive")
     demo_answers = covid.DEMO_ANSWERS
-    demo_config = "hw1_demo"  # hw1.toml with a kernel width for the synthetic table
-    demo_baseline = "mse 0.239 (configs/hw1_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)

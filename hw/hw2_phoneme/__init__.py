@@ -3,4 +3,7 @@
 from common.homework import Homework
 
 HOMEWORK = Homework("hw2", "HW2 framewise phoneme classification (ml2022spring-hw2)",
-                    ".task:PhonemeTask", package=__name__)
+                    ".task:PhonemeTask", package=__name__,
+    kaggle_competition="ml2022spring-hw2",
+    download_hint="kaggle competitions download -c ml2022spring-hw2",
+)

@@ -56,8 +56,6 @@ class PhonemeTask(ClassificationTask):
     data_config = PhonemeDataConfig
     model_config = PhonemeModelConfig
     submission_name = "prediction.csv"
-    kaggle_competition = "ml2022spring-hw2"
-    download_hint = "kaggle competitions download -c ml2022spring-hw2"
     num_classes = phone.N_CLASSES
     header = ("Id", "Class")
 

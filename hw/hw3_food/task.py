@@ -70,12 +70,9 @@ class FoodTask(ClassificationTask):
     data_config = FoodDataConfig
     model_config = FoodModelConfig
     submission_name = "submission.csv"
-    kaggle_competition = "ml2022spring-hw3b"
-    download_hint = "kaggle competitions download -c ml2022spring-hw3b"
     num_classes = food.N_CLASSES
     header = ("Id", "Category")
     demo_answers = food.DEMO_TEST_LABELS
-    demo_baseline = "acc 0.091 (configs/hw3_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)

@@ -76,12 +76,8 @@ class SpeakerTask(ClassificationTask):
     data_config = SpeakerDataConfig
     model_config = SpeakerModelConfig
     submission_name = "output.csv"
-    kaggle_competition = "ml2022spring-hw4"
-    download_hint = "the course's Dataset.tar.gz.parta[a-d] (GitHub release " \
-        "MachineLearningHW/ML_HW4_Dataset), joined and untarred; or run.py hw4 featurize"
     header = ("Id", "Category")
     demo_answers = speech.DEMO_ANSWERS
-    demo_baseline = "acc 0.644 (configs/hw4_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)

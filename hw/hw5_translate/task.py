@@ -119,13 +119,8 @@ class TranslationTask(Task):
     data_config = MTDataConfig
     model_config = MTModelConfig
     submission_name = "prediction.txt"
-    grader_note = "upload {submission} on JudgeBoi (the course's server: a .txt under " \
-        "700 kB, 5 a day)"
-    download_hint = "ted2020.tgz and test.tgz (GitHub release yuhsinchan/ML2022-HW5Dataset " \
-        "v1.0.2), extracted"
     output_kind = "text"
     higher_is_better = ("bleu",)
-    demo_config = "hw5_cpu"
 
     def __init__(self, config, *, sampling: Sampling | None = None):
         """`sampling`: predictions are drawn (seeded) instead of searched (model.beam)."""

@@ -11,4 +11,9 @@ HOMEWORK = Homework(
                 "fid_command"),
         "report": ("the report's figure: D's per-layer gradient norms of runs",
                    "report_command"),
-    }, package=__name__)
+    }, package=__name__,
+    grader_note="upload {submission} on JudgeBoi (the course's server: a .tgz of 1000 "
+        "JPEGs under 2 MB; select one submission)",
+    download_hint="faces.zip from the Hugging Face dataset LeoFeng/MLHW_6, extracted",
+    demo_config="hw6_cpu",
+)

@@ -180,11 +180,7 @@ class GanTask(Task):
     data_config = GanDataConfig
     model_config = GanModelConfig
     submission_name = "submission.tgz"
-    grader_note = "upload {submission} on JudgeBoi (the course's server: a .tgz of 1000 " \
-        "JPEGs under 2 MB; select one submission)"
-    download_hint = "faces.zip from the Hugging Face dataset LeoFeng/MLHW_6, extracted"
     output_kind = "images"
-    demo_config = "hw6_cpu"
     automatic_optimization = False   # D and G, each with its own optimizer and step
     # D steps on every batch and G every n_critic of D's steps: one batch is one update
     accumulates = False

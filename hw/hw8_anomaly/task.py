@@ -50,14 +50,10 @@ class Hw8Task(Task):
     data_config = Hw8DataConfig
     model_config = Hw8ModelConfig
     submission_name = "submission.csv"
-    kaggle_competition = "ml2022spring-hw8"
-    download_hint = "kaggle competitions download -c ml2022spring-hw8 (then unzip data.zip)"
     header = ("ID", "score")
     output_kind = "scores"
     higher_is_better = ("auc",)
     demo_answers = data.DEMO_ANSWERS
-    demo_config = "hw8_cpu"             # the recipe `--demo` runs
-    demo_baseline = "auc 0.4416 (configs/hw8_sample.toml, measured)"
 
     def __init__(self, config):
         super().__init__(config)
