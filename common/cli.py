@@ -205,7 +205,7 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     nw = sub.add_parser("new", help="scaffold a new homework package that trains on demo data",
                         description="Write hw/NAME/ (or hw/PKG/: data.py, model.py, "
                         "task.py, README.md, the HOMEWORK entry), configs/NAME.toml and "
-                        "NAME_cpu.toml and tests/test_NAME.py; "
+                        "NAME_cpu.toml and tests/hw/NAME/test_NAME.py; "
                         "`NAME train --demo` works right after. Writes nothing if any of them "
                         "exists.")
     nw.set_defaults(func=_new)

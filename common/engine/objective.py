@@ -4,8 +4,8 @@ overrides only what differs (its optimizers, its training step, how a batch is p
 how predictions are collected and scored, how batches are formed).
 
 The engine keeps what it does better: AMP, accumulation weighted by the task's count,
-clipping, DDP, EMA, exact resume and exact sharded evaluation. See tests/test_toy_gan.py,
-tests/test_toy_seq.py and tests/test_toy_span.py for tasks that use each hook."""
+clipping, DDP, EMA, exact resume and exact sharded evaluation. See tests/common/test_toy_gan.py,
+tests/common/test_toy_seq.py and tests/common/test_toy_span.py for tasks that use each hook."""
 
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 
 It writes hw/<name>/ (or hw/<package>/: `__init__.py` with the HOMEWORK entry, `data.py`,
 `model.py`, `task.py`, `README.md`), configs/<name>.toml and configs/<name>_cpu.toml, and
-tests/test_<name>.py, from the templates in templates/<kind's folder>/ beside this module
+tests/hw/<name>/test_<name>.py, from the templates in templates/<kind's folder>/ beside this module
 (a file a kind lacks comes from templates/shared/). Nothing is written unless every target is
 free: the files are staged in a temporary folder under the root and moved into place at the
 end."""
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import shutil
 import string
@@ -58,7 +59,7 @@ def targets(root: Path, name: str, package: str = "") -> dict[str, Path]:
             "README.md.tmpl": package / "README.md",
             "config.toml.tmpl": root / "configs" / f"{name}.toml",
             "config_cpu.toml.tmpl": root / "configs" / f"{name}_cpu.toml",
-            "test.py.tmpl": root / "tests" / f"test_{name}.py"}
+            "test.py.tmpl": root / "tests" / "hw" / name / f"test_{name}.py"}
 
 
 def check_name(name: str, root: Path, taken: set[str], package: str = "") -> None:
@@ -97,6 +98,7 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
     places = targets(root, name, package)
     folder = root / "hw" / package
     stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
+    made: list[Path] = []   # folders this call created (removed again on failure)
     try:
         staged = {}
         for source, dest in places.items():
@@ -107,16 +109,21 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
                 staged[dest].write_text(text)
             except OSError as exc:  # name the file it was for (a full disk names none)
                 raise OSError(exc.errno, exc.strerror, str(dest)) from None
-        for part in ("hw", "configs", "tests"):
-            (root / part).mkdir(exist_ok=True)
         for dest in places.values():
             if dest.parent != folder:
+                for parent in reversed(dest.relative_to(root).parents[:-1]):
+                    if not (root / parent).exists():
+                        (root / parent).mkdir()
+                        made.append(root / parent)
                 shutil.move(staged[dest], dest)
         shutil.move(stage / "hw" / package, folder)
     except BaseException:
         for dest in places.values():  # undo the moves made so far
             if dest.exists() and not staged.get(dest, dest).exists():
                 dest.unlink()
+        for path in reversed(made):
+            with contextlib.suppress(OSError):   # only if empty again
+                path.rmdir()
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)

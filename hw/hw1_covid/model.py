@@ -8,7 +8,7 @@
   Adam then reaches the ridge solution in a few hundred full-batch steps, and with weight decay
   wd the trained network equals scikit-learn's `KernelRidge(kernel="rbf",
   gamma=model.gamma / features, alpha=wd * n / (2 * var(y)))` on mean-centred targets (n training
-  rows; tests/test_hw1.py checks this against scikit-learn).
+  rows; tests/hw/hw1/test_hw1.py checks this against scikit-learn).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from common.experiments.pipeline import prepare, train_run
 from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.task import TranslationTask
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")

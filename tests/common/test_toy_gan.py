@@ -179,13 +179,14 @@ def test_the_gan_learns_the_mixture(ring):
 
 @pytest.mark.slow
 def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
-    from tests.test_resume import kill_and_resume
+    from tests.common.test_resume import kill_and_resume
 
     overrides = [*SETTINGS, f'data.dir="{ring}"', "trainer.epochs=4",
                  "trainer.ckpt_every_steps=7"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # killed mid-epoch 2 (16 updates an epoch), resumed from update 21
-    a, b = kill_and_resume("tests.test_toy_gan:ToyGanTask", None, overrides, tmp_path, 23, 21)
+    a, b = kill_and_resume("tests.common.test_toy_gan:ToyGanTask", None, overrides, tmp_path,
+                           23, 21)
     assert a["trainer"]["step"] == b["trainer"]["step"] == 64
     assert {k.split(".")[0] for k in a["model"]} == {"G", "D"}
     for key, value in a["model"].items():
@@ -203,10 +204,10 @@ def test_a_killed_gan_run_resumes_bit_identical(ring, tmp_path):
 
 @pytest.mark.slow
 def test_the_gan_under_torchrun_keeps_both_ranks_identical(ring, tmp_path):
-    from tests.test_distributed import run_child
+    from tests.common.test_distributed import run_child
 
     log = tmp_path / "log"
-    res = run_child(tmp_path / "child.py", task="tests.test_toy_gan:ToyGanTask",
+    res = run_child(tmp_path / "child.py", task="tests.common.test_toy_gan:ToyGanTask",
                     run=tmp_path / "run", log=log, parts=("G", "D"),
                     overrides=[*SETTINGS, f'data.dir="{ring}"', "trainer.epochs=2"])
     assert res.returncode == 0, res.stderr[-3000:]

@@ -21,7 +21,7 @@ from common.engine.fusion import fuse
 from common.engine.optim import OptimConfig
 from common.engine.trainer import Trainer, TrainerConfig
 from common.experiments.pipeline import make_trainer, train_run
-from tests.test_trainer import Regression, data, model
+from tests.common.test_trainer import Regression, data, model
 from tests.toy import BlobsTask, write_blobs
 
 

@@ -16,9 +16,8 @@ from common.core.errors import UserError
 from common.data.ranking import average_ranks, roc_auc
 from common.engine.fusion import fuse
 from hw.hw8_anomaly import data
-from tests.conftest import run_cli
+from tests.helpers import ROOT, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "hw8"
 SAMPLE_DEMO_AUC = 0.4416  # configs/hw8_sample.toml on the demo, measured (README)
 

@@ -1,7 +1,7 @@
 """The catalogue of failures a user can cause, through the command line as a user runs it: each
 case is one `error:` line naming the file or key and the fix, exit status 2, no traceback, and
 exactly the files it may leave (none, unless training had started). Runs in-process (the same
-`main` as scripts/run.py) to stay fast; tests/test_hw*.py cover the same CLI in subprocesses."""
+`main` as scripts/run.py) to stay fast; tests/hw/ cover the same CLI in subprocesses."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from common.core import io as common_io
 from common.engine.checkpoint import load_checkpoint
 from hw.cli import main
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +329,7 @@ def cli_child(*args: str, cwd: Path, limit: int | None = None):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600,
@@ -372,7 +372,7 @@ def test_a_wrapped_write_error_is_the_oserror_it_was(tmp_path):
     import sys
     import textwrap
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     code = textwrap.dedent(f"""
         import sys, torch

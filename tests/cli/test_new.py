@@ -16,7 +16,7 @@ import pytest
 
 from common.core.errors import UserError
 from common.scaffold.new import KINDS, new
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # every kind generated, trained, folded and tuned: minutes
 UNFUSABLE = {"sequence", "gan"}   # tokens and images: k-fold refuses them
@@ -102,7 +102,8 @@ def test_new_package_runs_its_full_recipe_folds_and_tunes(kind, generated, tmp_p
     package = "hw_pkg" if kind == "images" else name   # --package: a folder name of its own
     for path in (f"hw/{package}/__init__.py", f"hw/{package}/data.py",
                  f"hw/{package}/model.py", f"hw/{package}/task.py",
-                 f"configs/{name}.toml", f"configs/{name}_cpu.toml", f"tests/test_{name}.py"):
+                 f"configs/{name}.toml", f"configs/{name}_cpu.toml",
+                 f"tests/hw/{name}/test_{name}.py"):
         assert (generated / path).is_file(), path
     # `train --demo --dry-run` with the _cpu recipe is the generated test's (run below)
     full, folds, study = run_each(
@@ -126,7 +127,7 @@ def test_the_generated_tests_pass(generated):
     """Each kind's tests: learns its demo data, `train --demo --dry-run` writes a valid
     submission, a bad file is one line and exit 2."""
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            *(f"tests/test_{name}.py" for name in NAMES.values())],
+                            *(f"tests/hw/{name}/test_{name}.py" for name in NAMES.values())],
                            capture_output=True, text=True, cwd=generated, timeout=1200)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert f"{3 * len(KINDS)} passed" in tests.stdout

@@ -20,7 +20,7 @@ import pytest
 from common.experiments.tune import Study, open_study, work
 from hw.cli import main as cli_main
 from hw.hw1_covid.task import CovidTask
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SPACE = """\
 [data]
@@ -218,7 +218,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, recipe, hw1_demo):
 def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, capsys):
     from common.engine.trainer import Callback
     from common.experiments.pipeline import train_run
-    from tests.test_resume import run_and_kill
+    from tests.common.test_resume import run_and_kill
 
     root = tmp_path / "runs" / "hw1"
     sets = [f'data.dir="{hw1_demo}"', "trainer.epochs=3", "model.hidden=[8]",

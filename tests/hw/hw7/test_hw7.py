@@ -24,7 +24,7 @@ from hw.cli import main as cli_main
 from hw.hw7_qa import data as qadata
 from hw.hw7_qa import windows as win
 from hw.hw7_qa.task import QATask
-from tests.conftest import ROOT, SHARED
+from tests.helpers import ROOT, SHARED
 
 REAL_TEST = SHARED / "hw7" / "2022" / "hw7_test.json"
 

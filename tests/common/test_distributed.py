@@ -15,7 +15,7 @@ from common.core.config import load_config
 from common.engine.checkpoint import load_checkpoint
 from common.experiments.pipeline import fit_split, prepare
 from hw.hw1_covid.task import CovidTask
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow  # torchrun launches: tens of seconds each
 CONFIG = str(ROOT / "configs" / "hw1_sample.toml")

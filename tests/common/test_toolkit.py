@@ -23,7 +23,7 @@ from common.engine.trainer import Callback, Trainer
 from common.experiments.finished import average_run, predict_run
 from common.experiments.kfold import kfold_run, make_folds, predict_kfold
 from common.experiments.pipeline import fit_split, predict_outputs, train_run
-from tests.test_trainer import Regression, cfg, data, model
+from tests.common.test_trainer import Regression, cfg, data, model
 from tests.toy import BlobsTask, GroupedBlobsTask, write_blobs
 
 QUIET = ["trainer.print_every_evals=1000000000", "trainer.device=\"cpu\""]

@@ -20,7 +20,7 @@ from hw.cli import main as cli_main
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import GanTask, write_archive
-from tests.conftest import ROOT, SHARED, train_in_process
+from tests.helpers import ROOT, SHARED, train_in_process
 
 CPU = str(ROOT / "configs" / "hw6_cpu.toml")
 REAL_FACES = SHARED / "hw6" / "anime_faces"
@@ -219,7 +219,7 @@ def test_style_generator_end_to_end_with_r1_augmentation_and_truncation(demo, tm
 
 @pytest.mark.slow
 def test_a_killed_gan_run_resumes_bit_exactly(demo, tmp_path):
-    from tests.test_resume import kill_and_resume
+    from tests.common.test_resume import kill_and_resume
 
     overrides = [f'data.dir="{demo}"', f'data.cache_dir="{tmp_path / "cache"}"',
                  "data.image_size=16", "model.g_width=8", "model.d_width=8",

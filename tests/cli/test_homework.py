@@ -15,7 +15,7 @@ import pytest
 from common.core.errors import UserError
 from common.core.registry import Registry
 from common.homework import Homework, discover
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tests.toy import write_blobs
 
 

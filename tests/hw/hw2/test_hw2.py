@@ -13,7 +13,7 @@ from common.experiments.kfold import make_folds
 from common.experiments.pipeline import fit_split
 from hw.hw2_phoneme import data as phone
 from hw.hw2_phoneme.task import PhonemeTask, split_utterances
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")

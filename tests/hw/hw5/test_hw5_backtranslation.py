@@ -17,7 +17,7 @@ from hw.cli import main as cli_main
 from hw.hw5_translate import data as mt
 from hw.hw5_translate.model import Seq2SeqRNN
 from hw.hw5_translate.task import TranslationTask
-from tests.conftest import ROOT, train_in_process
+from tests.helpers import ROOT, train_in_process
 
 CPU = str(ROOT / "configs" / "hw5_cpu.toml")
 

@@ -19,7 +19,7 @@ from common.experiments.kfold import kfold_run
 from common.experiments.pipeline import train_run
 from hw.hw3_food import data as food
 from hw.hw3_food.task import FoodTask
-from tests.conftest import ROOT, SHARED, run_cli
+from tests.helpers import ROOT, SHARED, run_cli
 
 FOOD_SAMPLE = SHARED / "hw3" / "food_sample"
 # the tests' reduced recipe: 32x32 crops of a 36x36 cache, a narrow residual net
@@ -283,7 +283,7 @@ def test_recipes_on_demo_data(demo, tmp_path):
 def test_killed_augmented_run_with_workers_resumes_exactly(demo, tmp_path):
     """Per-item augmentation seeds make a mid-epoch resume exact with loader workers too."""
     from common.engine.checkpoint import load_checkpoint
-    from tests.test_resume import run_and_kill
+    from tests.common.test_resume import run_and_kill
 
     config = str(ROOT / "configs" / "hw3_cpu.toml")
     overrides = [f'data.dir="{demo}"', f'data.cache_dir="{tmp_path / "c"}"', *SMALL[:4],

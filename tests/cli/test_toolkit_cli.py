@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def outputs(path):

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from common.engine.checkpoint import load_checkpoint
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 OVERRIDES = [
     "model.hidden=[32,16]", "model.dropout=0.1", "optim.name=adam", "optim.lr=3e-3",

@@ -14,7 +14,7 @@ from common.experiments.submission import validate_submission
 from hw.hw1_covid import data as covid
 from hw.hw1_covid.data import canonical_names, load_test_table, load_train_table, write_demo_data
 from hw.hw1_covid.task import CovidTask
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 HEADER = ("id", "tested_positive")
 

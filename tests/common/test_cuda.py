@@ -2,7 +2,7 @@
 within the stated tolerance of the straight run (cuDNN and the atomics of embedding backward are
 not deterministic there; the engine leaves cudnn.benchmark and deterministic at PyTorch's
 defaults), and HW8's `predict` on CUDA gives the CPU's submission within float tolerance.
-`MLHW_TEST_DEVICE=cpu pytest tests/test_cuda.py` runs the same checks on the CPU (where they
+`MLHW_TEST_DEVICE=cpu pytest tests/common/test_cuda.py` runs the same checks on the CPU (where they
 hold exactly) to test the tests."""
 
 import os
@@ -16,8 +16,8 @@ import torch
 
 from hw.hw5_translate import data as mt
 from hw.hw8_anomaly import data as faces
-from tests.conftest import ROOT
-from tests.test_resume import kill_and_resume
+from tests.common.test_resume import kill_and_resume
+from tests.helpers import ROOT
 
 DEVICE = os.environ.get("MLHW_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),

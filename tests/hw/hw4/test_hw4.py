@@ -20,7 +20,7 @@ from hw.hw4_speaker import data as speech
 from hw.hw4_speaker.data import Utterances
 from hw.hw4_speaker.model import SpeakerNet
 from hw.hw4_speaker.task import SpeakerTask, margin_logits
-from tests.conftest import ROOT, SHARED, run_cli
+from tests.helpers import ROOT, SHARED, run_cli
 
 REAL_2021 = SHARED / "hw4" / "2021" / "Dataset"
 
