@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -87,3 +91,76 @@ def files_key(files: Iterable[str | Path], *settings) -> str:
         st = os.stat(f)
         digest.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def load_or_build(path: str | Path | None, build: Callable[[], T], *,
+                  load: Callable[[Path], T | None], save: Callable[[Path, T], None]) -> T:
+    """A cache of one file: what `load` reads back from `path` (written by an earlier run), or,
+    when the file is missing or damaged (`load` returns None or raises OSError, ValueError,
+    KeyError or EOFError), what `build` makes now, saved there by `save` (which must write
+    atomically, so a killed run leaves the old file or none). Name the file by a key of what it
+    was built from (files_key) and a rebuild happens exactly when that changes. Without a path,
+    nothing is kept."""
+    if path is None:
+        return build()
+    path = Path(path)
+    if path.is_file():
+        try:
+            value = load(path)
+        except (OSError, ValueError, KeyError, EOFError):
+            value = None
+        if value is not None:
+            return value
+    value = build()
+    save(path, value)
+    return value
+
+
+def cached_array(path: str | Path | None, build: Callable[[], np.ndarray], *,
+                 shape: tuple[int, ...], dtype) -> np.ndarray:
+    """load_or_build for one array in a .npy file, memory-mapped (read-only) when it comes from
+    the file: the one kept from an earlier run if its shape and dtype are as expected, else the
+    one `build` makes, saved and mapped back (so the built copy's memory is freed)."""
+    def load(p: Path) -> np.ndarray | None:
+        array = np.load(p, mmap_mode="r")
+        return array if array.shape == tuple(shape) and array.dtype == np.dtype(dtype) else None
+
+    def save(p: Path, array: np.ndarray) -> None:
+        save_npy_atomic(p, array)
+
+    array = load_or_build(path, build, load=load, save=save)
+    return array if path is None or isinstance(array, np.memmap) else np.load(path, mmap_mode="r")
+
+
+@contextlib.contextmanager
+def building_folder(folder: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a new empty folder beside `folder`; when the block ends without error it is
+    renamed to `folder`, so readers see the old folder or the whole new one, never a part. With
+    replace an existing `folder` goes (moved aside, removed after the swap); without, `folder`
+    must be missing or empty. On an error the new folder is removed and the old one kept."""
+    folder = Path(folder)
+    if not replace and folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(errno.ENOTEMPTY, "already holds files", str(folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+
+    def sibling(what: str) -> Path:   # made with the default permissions (mkdtemp's are 0700)
+        return folder.with_name(f".{folder.name}-{what}-{os.getpid()}-{os.urandom(4).hex()}")
+
+    stage = sibling("new")
+    stage.mkdir()
+    try:
+        yield stage
+        aside = sibling("old") if folder.exists() else None
+        if aside is not None:
+            os.replace(folder, aside)
+        try:
+            os.replace(stage, folder)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, folder)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.core.errors import UserError, warn_user
-from common.core.io import atomic_write, files_key, save_npy_atomic
+from common.core.io import atomic_write, files_key, load_or_build, save_npy_atomic
 from common.core.runtime import derive_seed, torch_seeded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -119,29 +119,31 @@ def load_images(files: Sequence[Path], size: int, *, resize: str = "squash",
     if size < 8:
         raise UserError(f"image size {size} is too small; use at least 8 pixels")
     files = [Path(f) for f in files]
-    cached = None
+    shape = (len(files), size, size, 3)
+
+    def build() -> CachedImages:
+        return _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers, desc=desc)
+
+    def load(meta: Path) -> CachedImages | None:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        npy = meta.with_suffix(".npy")
+        array = np.load(npy, mmap_mode="r")
+        if array.shape != shape or array.dtype != np.uint8:
+            return None
+        return CachedImages(array, {int(k): v for k, v in info["bad"].items()}, npy)
+
+    def save(meta: Path, cached: CachedImages) -> None:
+        save_npy_atomic(meta.with_suffix(".npy"), cached.array)
+        with atomic_write(meta) as fh:  # written last: marks the cache complete
+            json.dump({"files": len(files), "size": size, "resize": resize,
+                       "first": str(files[0]) if files else "",
+                       "bad": {str(k): v for k, v in cached.bad.items()}}, fh)
+        cached.path = meta.with_suffix(".npy")
+
+    meta = None
     if cache_dir:
-        base = Path(cache_dir).expanduser() / f"{cache_key(files, size, resize)}"
-        npy, meta = base.with_suffix(".npy"), base.with_suffix(".json")
-        if meta.is_file() and npy.is_file():
-            try:
-                info = json.loads(meta.read_text(encoding="utf-8"))
-                array = np.load(npy, mmap_mode="r")
-                if array.shape == (len(files), size, size, 3) and array.dtype == np.uint8:
-                    cached = CachedImages(array, {int(k): v for k, v in info["bad"].items()}, npy)
-            except (OSError, ValueError, KeyError):
-                cached = None  # a damaged cache is rebuilt below
-        if cached is None:
-            cached = _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers,
-                                 desc=desc)
-            save_npy_atomic(npy, cached.array)
-            with atomic_write(meta) as fh:  # written last: marks the cache complete
-                json.dump({"files": len(files), "size": size, "resize": resize,
-                           "first": str(files[0]) if files else "",
-                           "bad": {str(k): v for k, v in cached.bad.items()}}, fh)
-            cached.path = npy
-    else:
-        cached = _decode_all(files, size, resize, skip_bad=skip_bad, workers=workers, desc=desc)
+        meta = Path(cache_dir).expanduser() / f"{cache_key(files, size, resize)}.json"
+    cached = load_or_build(meta, build, load=load, save=save)
     if cached.bad:
         i, reason = next(iter(cached.bad.items()))
         if not skip_bad:

@@ -1,7 +1,7 @@
 """Scores whose order is what counts (anomaly scores): ranks with ties averaged (scipy's), and
 ROC AUC as the Mann-Whitney statistic on them (ties count one half), in float64; it takes a
-third or less of sklearn.metrics.roc_auc_score's time at 2,000 to 100,000 scores, with the same value
-(scripts/bench/ranking.py)."""
+third or less of sklearn.metrics.roc_auc_score's time at 2,000 to 100,000 scores, with the
+same value (scripts/bench/ranking.py)."""
 
 from __future__ import annotations
 

@@ -4,19 +4,18 @@ It writes hw/<name>/ (or hw/<package>/: `__init__.py` with the HOMEWORK entry, `
 `model.py`, `task.py`, `README.md`), configs/<name>.toml and configs/<name>_cpu.toml, and
 tests/hw/<name>/test_<name>.py, from the templates in templates/<kind's folder>/ beside this module
 (a file a kind lacks comes from templates/shared/). Nothing is written unless every target is
-free: the files are staged in a temporary folder under the root and moved into place at the
-end."""
+free, and a failure leaves nothing behind: the package folder is built beside its place and
+renamed into it (building_folder), and the files outside it are removed again."""
 
 from __future__ import annotations
 
 import contextlib
 import keyword
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 from common.core.errors import UserError
+from common.core.io import building_folder, surfacing_write_errors, write_text_atomic
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -97,34 +96,30 @@ def new(name: str, kind: str, root: Path, *, taken: set[str] = frozenset(),
               "title_literal": repr(title)}
     places = targets(root, name, package)
     folder = root / "hw" / package
-    stage = Path(tempfile.mkdtemp(prefix=f".new-{name}-", dir=root))
-    made: list[Path] = []   # folders this call created (removed again on failure)
+    texts = {dest: string.Template(template(kind, source).read_text()).substitute(values)
+             for source, dest in places.items()}
+    made: list[Path] = []      # folders this call created (removed again on failure)
+    written: list[Path] = []   # files outside the package folder written so far
     try:
-        staged = {}
-        for source, dest in places.items():
-            text = string.Template(template(kind, source).read_text()).substitute(values)
-            staged[dest] = stage / dest.relative_to(root)
-            staged[dest].parent.mkdir(parents=True, exist_ok=True)
-            try:
-                staged[dest].write_text(text)
-            except OSError as exc:  # name the file it was for (a full disk names none)
-                raise OSError(exc.errno, exc.strerror, str(dest)) from None
-        for dest in places.values():
-            if dest.parent != folder:
-                for parent in reversed(dest.relative_to(root).parents[:-1]):
-                    if not (root / parent).exists():
-                        (root / parent).mkdir()
-                        made.append(root / parent)
-                shutil.move(staged[dest], dest)
-        shutil.move(stage / "hw" / package, folder)
+        with building_folder(folder) as stage:
+            for dest, text in texts.items():
+                if dest.parent == folder:
+                    with surfacing_write_errors(dest):
+                        (stage / dest.name).write_text(text)
+            for dest, text in texts.items():
+                if dest.parent != folder:
+                    for parent in reversed(dest.relative_to(root).parents[:-1]):
+                        if not (root / parent).exists():
+                            (root / parent).mkdir()
+                            made.append(root / parent)
+                    with surfacing_write_errors(dest):
+                        write_text_atomic(dest, text)
+                    written.append(dest)
     except BaseException:
-        for dest in places.values():  # undo the moves made so far
-            if dest.exists() and not staged.get(dest, dest).exists():
-                dest.unlink()
+        for dest in written:
+            dest.unlink(missing_ok=True)
         for path in reversed(made):
             with contextlib.suppress(OSError):   # only if empty again
                 path.rmdir()
         raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return list(places.values())

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +14,16 @@ import torch
 from tqdm import tqdm
 
 from common.core.errors import UserError
-from common.core.io import files_key, save_npy_atomic, write_csv_atomic, write_text_atomic
+from common.core.io import (
+    building_folder,
+    cached_array,
+    files_key,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from common.core.runtime import hashed_uniform
 from common.data.loading import find_data_root
+from common.data.ragged import Ragged, offsets_of
 from common.engine.checkpoint import load_torch_file, save_torch_file
 from common.engine.rundir import RunDir
 
@@ -124,20 +129,6 @@ def load_test(data_dir: Path) -> Recordings:
 
 
 # --------------------------------------------------------------------------- packed store
-@dataclass
-class PackedMels:
-    """Every utterance of a split in one (total_frames, 40) array; utterance i is rows
-    offsets[i]:offsets[i + 1]."""
-
-    array: np.ndarray
-    offsets: np.ndarray
-    path: Path | None = None
-
-    def utterance(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array[self.offsets[i]:self.offsets[i + 1]],
-                                           dtype=np.float32))
-
-
 def load_feature(path: Path, length: int) -> torch.Tensor:
     feat = load_torch_file(path, missing="missing feature file; download the data again",
                            unreadable="truncated or not a tensor; download the data again")
@@ -152,40 +143,35 @@ def load_feature(path: Path, length: int) -> torch.Tensor:
 
 
 def pack(utts: Recordings, *, cache_dir: str | Path | None, dtype: str = "float32",
-         desc: str = "pack") -> PackedMels:
-    """Read every feature file once into one array (validated), kept on disk under cache_dir
+         desc: str = "pack") -> Ragged:
+    """Every utterance of a split in one (total_frames, 40) array, utterance i its rows
+    offsets[i]:offsets[i + 1], each file read once and validated; kept on disk under cache_dir
     by a key of the files and settings and memory-mapped when reused."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"data.store_dtype={dtype!r}: choose float32 or float16")
-    offsets = np.concatenate([[0], np.cumsum(utts.lengths)]).astype(np.int64)
+    offsets = offsets_of(utts.lengths)
     files = [utts.root / p for p in utts.paths]
     for f in files[:1]:
         if not f.is_file():
             raise UserError(f"{f}: missing feature file; download the data again")
-    base = None
+    npy = None
     if cache_dir:
         try:
             key = files_key(files, STORE_VERSION, dtype, utts.lengths.tolist())
         except FileNotFoundError as exc:
             raise UserError(f"{exc.filename}: missing feature file; download the data "
                             "again") from None
-        base = Path(cache_dir).expanduser() / f"mels-{key}"
-        npy = base.with_suffix(".npy")
-        if npy.is_file():
-            try:
-                array = np.load(npy, mmap_mode="r")
-                if array.shape == (offsets[-1], N_MELS) and array.dtype == np.dtype(dtype):
-                    return PackedMels(array, offsets, npy)
-            except (OSError, ValueError):
-                pass  # a damaged cache is rebuilt
-    array = np.empty((offsets[-1], N_MELS), dtype=dtype)
-    for i, f in enumerate(tqdm(files, desc=desc, unit="utt", disable=None, dynamic_ncols=True)):
-        array[offsets[i]:offsets[i + 1]] = load_feature(f, int(utts.lengths[i])).numpy()
-    if base is None:
-        return PackedMels(array, offsets)
-    save_npy_atomic(base.with_suffix(".npy"), array)
-    return PackedMels(np.load(base.with_suffix(".npy"), mmap_mode="r"), offsets,
-                      base.with_suffix(".npy"))
+        npy = Path(cache_dir).expanduser() / f"mels-{key}.npy"
+
+    def build() -> np.ndarray:
+        array = np.empty((offsets[-1], N_MELS), dtype=dtype)
+        for i, f in enumerate(tqdm(files, desc=desc, unit="utt", disable=None,
+                                   dynamic_ncols=True)):
+            array[offsets[i]:offsets[i + 1]] = load_feature(f, int(utts.lengths[i])).numpy()
+        return array
+
+    array = cached_array(npy, build, shape=(int(offsets[-1]), N_MELS), dtype=dtype)
+    return Ragged(array, offsets, npy)
 
 
 # --------------------------------------------------------------------------- front end
@@ -226,8 +212,8 @@ def featurize(audio_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
     the course's Dataset/ layout in out_dir: metadata.json, mapping.json, testdata.json and one
     uttr-<32 hex>.pt (float32 (mel_len, 40)) per file, plus sources.csv (which audio file
     became which uttr-*.pt, and its speaker). Names are drawn from `seed`, so the same audio
-    gives the same files. Everything is written into a temporary folder beside out_dir and
-    renamed at the end: a failure leaves nothing; out_dir must not hold files yet."""
+    gives the same files. Everything is written into a folder beside out_dir and renamed at
+    the end (building_folder): a failure leaves nothing; out_dir must not hold files yet."""
     audio_dir, out_dir = Path(audio_dir), Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: already holds files; choose a new --out folder (or "
@@ -248,28 +234,24 @@ def featurize(audio_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
     test_files = audio_files(test_dir) if test_dir.is_dir() else []
     rng = np.random.default_rng(seed)
     frontend = mel_frontend()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}-featurize-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)   # left by a killed earlier attempt of this pid
-    tmp.mkdir()
     sources: list[tuple[str, str, str]] = []
 
-    def convert(path: Path, speaker: str) -> dict:
+    def convert(path: Path, speaker: str, folder: Path) -> dict:
         wave = read_audio(path)
         if len(wave) < WINDOW:
             raise UserError(f"{path}: {len(wave)} samples, shorter than one analysis window "
                             f"({WINDOW} samples, 25 ms at 16 kHz); remove it or record longer")
         name = f"uttr-{rng.bytes(16).hex()}.pt"
         feat = log_mel(wave, frontend)
-        save_torch_file(tmp / name, feat)
+        save_torch_file(folder / name, feat)
         sources.append((name, str(path), speaker))
         return {"feature_path": name, "mel_len": int(feat.shape[0])}
 
-    try:
+    with building_folder(out_dir) as tmp:
         metadata = {"n_mels": N_MELS, "speakers": {}}
         for spk, files in tqdm(train.items(), desc="featurize", unit="speaker", disable=None):
-            metadata["speakers"][spk] = [convert(f, spk) for f in files]
-        test = {"n_mels": N_MELS, "utterances": [convert(f, "") for f in test_files]}
+            metadata["speakers"][spk] = [convert(f, spk, tmp) for f in files]
+        test = {"n_mels": N_MELS, "utterances": [convert(f, "", tmp) for f in test_files]}
         names = list(metadata["speakers"])
         mapping = {"speaker2id": {s: i for i, s in enumerate(names)},
                    "id2speaker": {str(i): s for i, s in enumerate(names)}}
@@ -277,12 +259,6 @@ def featurize(audio_dir: Path, out_dir: Path, *, seed: int = 0) -> Path:
                            ("mapping.json", mapping)):
             write_text_atomic(tmp / name, json.dumps(data))
         write_csv_atomic(tmp / SOURCES, ("feature_path", "source", "speaker"), sources)
-        if out_dir.is_dir():
-            out_dir.rmdir()          # empty (checked above); the rename takes its place
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -366,7 +342,7 @@ class Utterances:
 
     batched_indexing = True
 
-    def __init__(self, store: PackedMels, rows: np.ndarray, labels: np.ndarray | None,
+    def __init__(self, store: Ragged, rows: np.ndarray, labels: np.ndarray | None,
                  *, crop: int = 0, crop_max: int = 0, seed: int = 0):
         self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
@@ -400,7 +376,7 @@ class Utterances:
         width = int(take.max())
         frames = np.arange(width)[None, :]
         gather = np.minimum(starts[:, None] + frames, starts[:, None] + take[:, None] - 1)
-        x = torch.from_numpy(np.asarray(self.store.array[gather.reshape(-1)],
+        x = torch.from_numpy(np.asarray(self.store.values[gather.reshape(-1)],
                                         dtype=np.float32).reshape(len(idx), width, -1))
         lengths = torch.from_numpy(take)
         x[torch.from_numpy(frames >= take[:, None])] = PAD_VALUE

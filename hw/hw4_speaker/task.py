@@ -16,6 +16,7 @@ from common.core.config import option
 from common.core.errors import UserError
 from common.data.loading import LengthBatchSampler, split_like_random_split, split_train_valid
 from common.data.mix import classification_loss
+from common.data.ragged import Ragged
 from common.engine.sections import DataConfig
 from common.engine.task import ClassificationTask
 from common.experiments.submission import write_submission
@@ -84,7 +85,7 @@ class SpeakerTask(ClassificationTask):
         self.speakers: list[str] = []     # fitted state (`fit`)
 
     # --- data -----------------------------------------------------------------------------
-    def _store(self, utts: speech.Recordings, desc: str) -> speech.PackedMels:
+    def _store(self, utts: speech.Recordings, desc: str) -> Ragged:
         cfg = self.config["data"]
         return speech.pack(utts, cache_dir=cfg.cache_dir, dtype=cfg.store_dtype, desc=desc)
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from common.core.errors import UserError
-from common.core.io import atomic_write, files_key, write_text_atomic
+from common.core.io import atomic_write, files_key, load_or_build, write_text_atomic
 from common.data.loading import find_root_or_child
+from common.data.ragged import Ragged
 
 TRAIN_NAMES = (("raw.en", "raw.zh"), ("train_dev.raw.en", "train_dev.raw.zh"))
 TEST_NAMES = ("test/test.en", "test.raw.en")
@@ -208,54 +209,35 @@ def train_spm(sentences: list[str], *, vocab_size: int, cache_dir: str | Path | 
     settings. Returns a SentencePieceProcessor."""
     import sentencepiece as spm
 
+    def build() -> bytes:
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+                model_type="unigram", character_coverage=1.0,
+                normalization_rule_name="nmt_nfkc_cf", input_sentence_size=1_000_000,
+                shuffle_input_sentence=True, hard_vocab_limit=False, pad_id=0, unk_id=1,
+                bos_id=2, eos_id=3, num_threads=2, minloglevel=2)
+        except RuntimeError as exc:
+            raise UserError(f"sentencepiece: {str(exc).splitlines()[0]}; lower "
+                            "data.vocab_size") from None
+        return model.getvalue()
+
+    def save(path: Path, blob: bytes) -> None:
+        with atomic_write(path, "wb") as fh:
+            fh.write(blob)
+
     path = None
     if cache_dir:
         key = files_key(list(sources), SPM_VERSION, vocab_size, len(sentences))
         path = Path(cache_dir).expanduser() / f"spm{vocab_size}-{key}.model"
-        if path.is_file():
-            return spm.SentencePieceProcessor(model_file=str(path))
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-            model_type="unigram", character_coverage=1.0,
-            normalization_rule_name="nmt_nfkc_cf", input_sentence_size=1_000_000,
-            shuffle_input_sentence=True, hard_vocab_limit=False, pad_id=0, unk_id=1,
-            bos_id=2, eos_id=3, num_threads=2, minloglevel=2)
-    except RuntimeError as exc:
-        raise UserError(f"sentencepiece: {str(exc).splitlines()[0]}; lower "
-                        "data.vocab_size") from None
-    if path is not None:
-        with atomic_write(path, "wb") as fh:
-            fh.write(model.getvalue())
-    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+    blob = load_or_build(path, build, load=Path.read_bytes, save=save)
+    return spm.SentencePieceProcessor(model_proto=blob)
 
 
-@dataclass
-class Packed:
-    """Sentences as ids, concatenated, with offsets: sentence i is ids[offsets[i]:offsets[i+1]]."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
-
-
-def pack(sp, sentences: list[str]) -> Packed:
+def pack(sp, sentences: list[str]) -> Ragged:
     """Encode once (sentencepiece's batched encoder) into one int32 array with offsets."""
-    pieces = sp.encode(sentences)
-    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(p) for p in pieces])
-    ids = np.fromiter((t for p in pieces for t in p), dtype=np.int32, count=int(offsets[-1]))
-    return Packed(ids, offsets)
+    return Ragged.from_rows(sp.encode(sentences), np.int32)
 
 
 # --------------------------------------------------------------------------- demo corpus

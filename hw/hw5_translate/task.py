@@ -16,6 +16,7 @@ from common.core.config import option
 from common.core.errors import UserError
 from common.core.io import write_text_atomic
 from common.data.loading import LengthBatchSampler
+from common.data.ragged import Ragged
 from common.engine.sections import DataConfig
 from common.engine.task import Task
 from hw.hw5_translate import data as mt
@@ -65,7 +66,7 @@ class Pairs:
 
     batched_indexing = True
 
-    def __init__(self, src: mt.Packed, tgt: mt.Packed | None, rows):
+    def __init__(self, src: Ragged, tgt: Ragged | None, rows):
         self.src, self.tgt, self.rows = src, tgt, np.asarray(rows, dtype=np.int64)
         lengths = src.lengths[self.rows]
         if tgt is not None:
@@ -98,8 +99,8 @@ class Bitext:
     ids of the SentencePiece model `spm` learned from every real pair's two sides."""
 
     corpus: mt.Corpus
-    src: mt.Packed
-    tgt: mt.Packed
+    src: Ragged
+    tgt: Ragged
     n_real: int
     spm: bytes
 
@@ -173,7 +174,7 @@ class TranslationTask(Task):
         as the course does)."""
         return {"spm": data.spm}
 
-    def load_test(self, data_dir: Path) -> mt.Packed:
+    def load_test(self, data_dir: Path) -> Ragged:
         source = self.config["data"].direction.split("-")[0]
         path = mt.test_path(mt.find_root(data_dir), source)
         lines = mt.read_lines(path)
@@ -201,7 +202,7 @@ class TranslationTask(Task):
         valid = self.labelled_dataset(data, valid_idx) if len(valid_idx) else None
         return self.labelled_dataset(data, rows), valid
 
-    def make_test_dataset(self, data: mt.Packed):
+    def make_test_dataset(self, data: Ragged):
         return Pairs(data, None, np.arange(len(data)))
 
     def batch_sampler(self, dataset, *, train, batch_size, seed, drop_last, as_tensor, rank,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from common.core.config import option
 from common.core.errors import UserError
-from common.core.io import atomic_write, files_key
+from common.core.io import atomic_write, building_folder, files_key
 from common.core.runtime import choose_device, derive_seed
 from common.data.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
 from common.engine.optim import OptimizerSpec
@@ -137,14 +135,9 @@ def write_archive(images: torch.Tensor, path: Path, folder: Path | None = None,
     with atomic_write(path, "wb") as fh:
         fh.write(packed.getvalue())
     if folder is not None:  # replaced whole: no mix of old and new images
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        for i, jpeg in enumerate(jpegs, 1):
-            (tmp / f"{i}.jpg").write_bytes(jpeg)
-        old = folder.with_name(f".{folder.name}-old")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with building_folder(folder, replace=True) as tmp:
+            for i, jpeg in enumerate(jpegs, 1):
+                (tmp / f"{i}.jpg").write_bytes(jpeg)
     return quality, len(packed.getvalue())
 
 

@@ -48,14 +48,25 @@ def test_demo_follows_the_course_schema_and_the_packed_store_matches_the_files(d
     assert all(p.startswith("uttr-") and len(p) == len("uttr-") + 32 + 3 for p in test.paths)
     store = speech.pack(train, cache_dir=tmp_path / "c")
     again = speech.pack(train, cache_dir=tmp_path / "c")
-    assert isinstance(again.array, np.memmap) and again.path == store.path
+    assert isinstance(again.values, np.memmap) and again.path == store.path
     for i in (0, 17, 639):
         feat = torch.load(train.root / train.paths[i], weights_only=True)
         assert feat.dtype == torch.float32 and feat.shape == (train.lengths[i], 40)
-        assert torch.equal(store.utterance(i), feat)
+        assert torch.equal(frames(store, i), feat)
     half = speech.pack(train, cache_dir=tmp_path / "c", dtype="float16")
-    assert half.array.dtype == np.float16 and half.path != store.path
-    assert torch.allclose(half.utterance(3), store.utterance(3), atol=0.02)
+    assert half.values.dtype == np.float16 and half.path != store.path
+    assert torch.allclose(frames(half, 3), frames(store, 3), atol=0.02)
+    last, path = frames(store, 639), store.path
+    del store, again
+    with open(path, "r+b") as fh:   # a damaged cache (cut short) is rebuilt, not read
+        fh.truncate(path.stat().st_size // 2)
+    rebuilt = speech.pack(train, cache_dir=tmp_path / "c")
+    assert torch.equal(frames(rebuilt, 639), last)
+    assert path.stat().st_size == rebuilt.values.nbytes + 128
+
+
+def frames(store, i: int) -> torch.Tensor:
+    return torch.from_numpy(np.array(store[i], dtype=np.float32))
 
 
 def test_reader_errors_name_the_file(demo, tmp_path):
@@ -106,7 +117,7 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_item(demo, tmp_path):
     alone = [ds[torch.tensor([i])][0][0] for i in (200, 9, 5)][::-1]  # any batch, any order
     assert all(torch.equal(a, b) for a, b in zip(alone, x, strict=True))
     assert x.shape == (3, 64, 40) and lengths.tolist() == [64, 64, 64]
-    row = store.utterance(9)
+    row = frames(store, 9)
     assert any(torch.equal(x[1], row[s:s + 64]) for s in range(len(row) - 63))  # a real crop
     ds.set_epoch(3)
     assert not torch.equal(ds[torch.tensor([9])][0][0], x[1])       # a new crop next epoch

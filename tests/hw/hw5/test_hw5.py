@@ -91,9 +91,9 @@ def test_one_shared_sentencepiece_model_cached_and_ids_packed_once(demo, tmp_pat
     assert again.serialized_model_proto() == sp.serialized_model_proto()
     assert sp.pad_id() == 0 and sp.unk_id() == 1 and sp.bos_id() == 2 and sp.eos_id() == 3
     packed = mt.pack(sp, corpus.zh[:50])
-    assert len(packed) == 50 and packed.ids.dtype == np.int32
+    assert len(packed) == 50 and packed.values.dtype == np.int32
     for i in (0, 7, 49):
         assert sp.decode(packed[i].tolist()).replace(" ", "") == corpus.zh[i].replace(" ", "")
     en = mt.pack(sp, corpus.en[:5])
     assert sp.decode(en[0].tolist()) == corpus.en[0].lower()   # nmt_nfkc_cf case-folds
-    assert sp.unk_id() not in packed.ids                          # full character coverage
+    assert sp.unk_id() not in packed.values                          # full character coverage
