@@ -77,6 +77,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         fh.write(text)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
 def save_npy_atomic(path: str | Path, array) -> None:
     """np.save, atomically: the file is whole or not there."""
     with atomic_write(path, "wb") as fh:
@@ -125,10 +130,7 @@ def cached_array(path: str | Path | None, build: Callable[[], np.ndarray], *,
         array = np.load(p, mmap_mode="r")
         return array if array.shape == tuple(shape) and array.dtype == np.dtype(dtype) else None
 
-    def save(p: Path, array: np.ndarray) -> None:
-        save_npy_atomic(p, array)
-
-    array = load_or_build(path, build, load=load, save=save)
+    array = load_or_build(path, build, load=load, save=save_npy_atomic)
     return array if path is None or isinstance(array, np.memmap) else np.load(path, mmap_mode="r")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.core.errors import UserError
-from common.core.io import atomic_write, files_key, load_or_build, write_text_atomic
+from common.core.io import files_key, load_or_build, write_bytes_atomic, write_text_atomic
 from common.data.loading import find_root_or_child
 from common.data.ragged import Ragged
 
@@ -223,15 +223,11 @@ def train_spm(sentences: list[str], *, vocab_size: int, cache_dir: str | Path | 
                             "data.vocab_size") from None
         return model.getvalue()
 
-    def save(path: Path, blob: bytes) -> None:
-        with atomic_write(path, "wb") as fh:
-            fh.write(blob)
-
     path = None
     if cache_dir:
         key = files_key(list(sources), SPM_VERSION, vocab_size, len(sentences))
         path = Path(cache_dir).expanduser() / f"spm{vocab_size}-{key}.model"
-    blob = load_or_build(path, build, load=Path.read_bytes, save=save)
+    blob = load_or_build(path, build, load=Path.read_bytes, save=write_bytes_atomic)
     return spm.SentencePieceProcessor(model_proto=blob)
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from common.core.config import option
 from common.core.errors import UserError
-from common.core.io import atomic_write, building_folder, files_key
+from common.core.io import atomic_write, building_folder, files_key, write_bytes_atomic
 from common.core.runtime import choose_device, derive_seed
 from common.data.images import ImageDataset, load_images, pixels_from_signed, signed_pixels
 from common.engine.optim import OptimizerSpec
@@ -132,8 +132,7 @@ def write_archive(images: torch.Tensor, path: Path, folder: Path | None = None,
         raise UserError(f"{path}: {len(arrays)} images do not fit in {limit} bytes even at JPEG "
                         f"quality {QUALITIES[-1]}; generate smaller images (data.image_size)")
     check_archive(packed.getvalue(), len(arrays), arrays.shape[1:3], path)
-    with atomic_write(path, "wb") as fh:
-        fh.write(packed.getvalue())
+    write_bytes_atomic(path, packed.getvalue())
     if folder is not None:  # replaced whole: no mix of old and new images
         with building_folder(folder, replace=True) as tmp:
             for i, jpeg in enumerate(jpegs, 1):
