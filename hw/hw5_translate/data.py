@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.core.errors import UserError
+from common.core.errors import UserError, warn_user
 from common.core.io import files_key, load_or_build, write_bytes_atomic, write_text_atomic
 from common.data.loading import find_root_or_child
 from common.data.ragged import Ragged
@@ -119,6 +119,15 @@ def clean_zh(s: str) -> str:
 
 
 CLEAN = {"en": clean_en, "zh": clean_zh}
+BETWEEN_WORDS = re.compile(r"(?<=[A-Za-z0-9])\s+(?=[A-Za-z0-9])")
+
+
+def join_zh(s: str) -> str:
+    """Chinese as a reader writes it: the spaces that cleaning and subwords put around
+    characters and punctuation dropped, except between two Latin words or numbers
+    ("我已经做作业了 。" -> "我已经做作业了。", "我 有 iPhone 12" -> "我有iPhone 12")."""
+    words = BETWEEN_WORDS.sub("\0", " ".join(s.split()))
+    return words.replace(" ", "").replace("\0", " ")
 
 
 def length(s: str, lang: str) -> int:
@@ -202,30 +211,51 @@ def load_synthetic(prefix: str | Path, **filters) -> Corpus:
 
 
 # --------------------------------------------------------------------------- subwords
+REQUIRED_CHARS = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
+
+
 def train_spm(sentences: list[str], *, vocab_size: int, cache_dir: str | Path | None,
-              sources: list[Path] = ()):
+              sources: list[Path] = (), char_coverage: float = 1.0):
     """One SentencePiece unigram model over `sentences` (both languages), normalised with
-    nmt_nfkc_cf, full character coverage; kept under cache_dir keyed by the source files and
-    settings. Returns a SentencePieceProcessor."""
+    nmt_nfkc_cf, covering `char_coverage` of the characters (1.0: all); kept under cache_dir
+    keyed by the source files and settings. A corpus with more distinct characters than
+    vocab_size (real Chinese has thousands) gets a piece for each of them and vocab_size
+    learned pieces on top, and a warning says so. Returns a SentencePieceProcessor."""
     import sentencepiece as spm
 
-    def build() -> bytes:
+    def trained(size: int) -> bytes:
         model = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-                model_type="unigram", character_coverage=1.0,
-                normalization_rule_name="nmt_nfkc_cf", input_sentence_size=1_000_000,
-                shuffle_input_sentence=True, hard_vocab_limit=False, pad_id=0, unk_id=1,
-                bos_id=2, eos_id=3, num_threads=2, minloglevel=2)
-        except RuntimeError as exc:
-            raise UserError(f"sentencepiece: {str(exc).splitlines()[0]}; lower "
-                            "data.vocab_size") from None
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=model, vocab_size=size,
+            model_type="unigram", character_coverage=char_coverage,
+            normalization_rule_name="nmt_nfkc_cf", input_sentence_size=1_000_000,
+            shuffle_input_sentence=True, hard_vocab_limit=False, pad_id=0, unk_id=1,
+            bos_id=2, eos_id=3, num_threads=2, minloglevel=2)
         return model.getvalue()
+
+    def build() -> bytes:
+        try:
+            try:
+                return trained(vocab_size)
+            except RuntimeError as exc:
+                too_few = REQUIRED_CHARS.search(str(exc))
+                if not too_few:
+                    raise
+            chars = int(too_few.group(2))
+            grown = chars + 4 + vocab_size  # every character, pad/unk/bos/eos, the pieces asked
+            warn_user(f"data.vocab_size={vocab_size} is below the {chars} distinct characters "
+                      f"of this corpus: each gets a piece and {vocab_size} pieces are learned on "
+                      f"top ({grown} in all); set data.vocab_size={grown} (or the course's "
+                      "8000) to choose, or lower data.char_coverage (the rarest characters "
+                      "then become unknown)")
+            return trained(grown)
+        except RuntimeError as exc:
+            raise UserError(f"sentencepiece: {str(exc).splitlines()[0]}") from None
 
     path = None
     if cache_dir:
-        key = files_key(list(sources), SPM_VERSION, vocab_size, len(sentences))
+        key = files_key(list(sources), SPM_VERSION, vocab_size, len(sentences),
+                        *([char_coverage] if char_coverage != 1.0 else []))
         path = Path(cache_dir).expanduser() / f"spm{vocab_size}-{key}.model"
     blob = load_or_build(path, build, load=Path.read_bytes, save=write_bytes_atomic)
     return spm.SentencePieceProcessor(model_proto=blob)

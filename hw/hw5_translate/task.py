@@ -33,6 +33,9 @@ class MTDataConfig(DataConfig):
     split_seed: int = 73
     direction: str = option("en-zh", choices=("en-zh", "zh-en"))
     vocab_size: int = option(8000, min=16)
+    # the share of the corpus's characters that get a piece of their own (the rarest others
+    # become unknown); 1.0 needs a vocabulary of at least every distinct character
+    char_coverage: float = option(1.0, min=0.9, max=1.0)
     max_tokens: int = option(8192, min=1)       # padded tokens per batch, the longer side
     cache_dir: str = ".cache/hw5"               # the SentencePiece model; "": none
     # back-translated pairs for training only: the prefix (or folder) of synthetic.en /
@@ -160,7 +163,8 @@ class TranslationTask(Task):
         if not len(corpus):
             raise UserError(f"{corpus.root}: no training pair survives cleaning and filtering")
         sp = mt.train_spm(corpus.en + corpus.zh, vocab_size=cfg.vocab_size,
-                          cache_dir=cfg.cache_dir, sources=list(mt.train_pair_paths(corpus.root)))
+                          cache_dir=cfg.cache_dir, sources=list(mt.train_pair_paths(corpus.root)),
+                          char_coverage=cfg.char_coverage)
         src, tgt = self._sides(corpus)
         if cfg.synthetic:  # subwords come from the real pairs alone, as for the backward model
             syn = mt.load_synthetic(cfg.synthetic)
@@ -250,13 +254,19 @@ class TranslationTask(Task):
     def predict_step(self, model, batch):
         return self.translate(model, batch["src"])
 
+    def detokenize(self, ids) -> str:
+        """Pieces to text as a reader writes it: Chinese without the spaces the cleaning put
+        around its punctuation."""
+        text = self.sp.decode(ids)
+        return mt.join_zh(text) if self.config["data"].direction.endswith("zh") else text
+
     def finalize(self, predictions, dataset):
-        return [self.sp.decode(ids) for ids in predictions]
+        return [self.detokenize(ids) for ids in predictions]
 
     def metrics(self, texts, targets, dataset=None):
         import sacrebleu
 
-        refs = [self.sp.decode(dataset.tgt[r].tolist()) for r in dataset.rows]
+        refs = [self.detokenize(dataset.tgt[r].tolist()) for r in dataset.rows]
         tokenize = "zh" if self.config["data"].direction.endswith("zh") else "13a"
         return {"bleu": sacrebleu.corpus_bleu(texts, [refs], tokenize=tokenize, force=True).score}
 
@@ -293,5 +303,5 @@ class TranslationTask(Task):
         import sacrebleu
 
         hyps = mt.read_lines(Path(submission))
-        truth = [mt.clean_zh(s) for s in mt.read_lines(refs)]
+        truth = [mt.join_zh(mt.clean_zh(s)) for s in mt.read_lines(refs)]
         return {"bleu": sacrebleu.corpus_bleu(hyps, [truth], tokenize="zh").score}

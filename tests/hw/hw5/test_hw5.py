@@ -97,3 +97,28 @@ def test_one_shared_sentencepiece_model_cached_and_ids_packed_once(demo, tmp_pat
     en = mt.pack(sp, corpus.en[:5])
     assert sp.decode(en[0].tolist()) == corpus.en[0].lower()   # nmt_nfkc_cf case-folds
     assert sp.unk_id() not in packed.values                          # full character coverage
+
+
+def test_a_vocabulary_smaller_than_the_alphabet_grows_to_hold_every_character(tmp_path,
+                                                                              capsys):
+    """Real Chinese has thousands of characters; a recipe's small vocabulary (hw5_cpu: 1000)
+    must not stop the run: every character gets a piece and the asked pieces come on top."""
+    rng = random.Random(0)
+    alphabet = [chr(0x4E00 + i) for i in range(600)]  # 600 distinct CJK characters
+    zh = ["".join(rng.choice(alphabet) for _ in range(12)) for _ in range(3000)]
+    en = [" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat"]) for _ in range(6))
+          for _ in range(3000)]
+    sp = mt.train_spm(en + zh, vocab_size=200, cache_dir=tmp_path)
+    assert sp.get_piece_size() >= 600 + 4
+    assert sp.unk_id() not in mt.pack(sp, zh[:200]).values     # no character lost
+    err = capsys.readouterr().err
+    assert "data.vocab_size=200 is below the" in err and "distinct characters" in err
+
+
+@pytest.mark.parametrize("pieces,text", [
+    ("我已经做作业了 。", "我已经做作业了。"),
+    ("我 有 iPhone 12 , 你 呢 ?", "我有iPhone 12,你呢?"),
+    ("汤姆 是 New York 人 。", "汤姆是New York人。"),
+])
+def test_chinese_is_written_without_the_spaces_of_cleaning(pieces, text):
+    assert mt.join_zh(pieces) == text
