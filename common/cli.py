@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.core import distributed
 from common.core.config import Config, check_value, load_config, rules_of, toml_value
-from common.core.errors import UserError
+from common.core.errors import Terminated, UserError
 from common.engine.fusion import FUSABLE, METHODS
 from common.engine.rundir import RunDir
 from common.engine.runlog import say
@@ -289,9 +289,9 @@ def _train(args) -> int:
             result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
         else:
             result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"{interrupted(exc)}; continue with: {resume_hint}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     except OSError as exc:  # a write failed mid-run: disk full, permissions
         if exc.errno not in WRITE_ERRORS:
             raise
@@ -441,10 +441,15 @@ def guarded(func: Callable[..., int], *args) -> int:
         return _report(write_error(exc))
     except UserError as exc:
         return _report(exc)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was replaced (continue a run with --resume RUN_DIR)",
+    except KeyboardInterrupt as exc:
+        print(f"{interrupted(exc)}; nothing was replaced (continue a run with --resume RUN_DIR)",
               file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_status", 130)
+
+
+def interrupted(exc: KeyboardInterrupt) -> str:
+    """'interrupted' for Ctrl-C, 'stopped by SIGTERM' for a signal."""
+    return f"stopped by {exc.name}" if isinstance(exc, Terminated) else "interrupted"
 
 
 def _list(args) -> int:

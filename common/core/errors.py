@@ -12,3 +12,19 @@ def warn_user(message: str) -> None:
 
     logging.getLogger("mlhw").warning("warning: %s", message)
     print(f"warning: {message}", file=sys.stderr)
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM from `kill`, a scheduler or a
+    notebook's stop button; SIGHUP when its terminal closed): unwound like Ctrl-C, so the run
+    says it was interrupted and keeps its last checkpoint."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum, self.name = signum, signal.Signals(signum).name
+        super().__init__(self.name)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum

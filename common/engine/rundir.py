@@ -90,8 +90,9 @@ class RunDir:
              "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}) + "\n")
 
     def status(self) -> dict:
-        """How the run stands: finished, interrupted, pruned, failed, or running; a run whose
-        process is gone (killed) reads as interrupted. Runs from before status.json: finished
+        """How the run stands: finished, interrupted, pruned, failed, or running; a run that
+        says running but whose process is gone (killed outright: SIGKILL, out of memory, power)
+        reads as dead. Runs from before status.json: finished
         when they hold a submission-like output, else interrupted."""
         import json
         import os
@@ -109,7 +110,7 @@ class RunDir:
                     raise ValueError(pid)
                 os.kill(pid, 0)
             except (ProcessLookupError, ValueError):
-                info["state"] = "interrupted"  # the process died without a word
+                info["state"] = "dead"  # the process died without a word
         return info
 
     def checkpoint(self, which: str) -> Path:

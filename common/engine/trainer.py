@@ -336,7 +336,10 @@ class Trainer:
         sampler = self.sampler(dataset, train=False)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count, preds, targets = 0.0, [], []
-        for i, batch in enumerate(self.loader(dataset, sampler)):
+        batches = self.loader(dataset, sampler)
+        shown = tqdm(batches, desc="predict", leave=False, dynamic_ncols=True, file=sys.stderr,
+                     disable=None if distributed.is_main() else True)  # a terminal only
+        for i, batch in enumerate(shown):
             if max_batches and i >= max_batches:
                 break
             batch = self.to_device(batch)
@@ -353,6 +356,7 @@ class Trainer:
             preds.append(to_cpu(pred))
             if target is not None:
                 targets.append(to_cpu(target))
+        shown.close()
         index = None
         if not getattr(sampler, "in_order", True):  # where each prediction belongs
             sampler.set_epoch(0)

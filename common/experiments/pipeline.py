@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import torch
 
 from common.core import distributed
 from common.core.config import Config, config_to_dict, save_config
-from common.core.errors import UserError
+from common.core.errors import Terminated, UserError
 from common.core.runtime import Salt, derive_seed, seed_everything, set_cpu_threads
 from common.data.mix import MixBatch
 from common.engine.checkpoint import average_checkpoints, load_checkpoint
@@ -28,10 +31,31 @@ log = logging.getLogger("mlhw")
 
 
 @contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt) in the main thread for the
+    duration, so a run stopped by `kill` unwinds like Ctrl-C instead of vanishing mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def run_logging(run_dir: Path):
     """Send the 'mlhw' log to run_dir/log.txt for the duration of a run, and keep
     run_dir/status.json saying how the run stands (rank 0 only): running (with the process id),
-    then finished, interrupted (Ctrl-C), pruned (by a tuner) or failed (with the error)."""
+    then finished, interrupted (Ctrl-C, or the signal that stopped it: SIGTERM, SIGHUP), pruned
+    (by a tuner) or failed (with the error). A process killed outright (SIGKILL, power) cannot
+    say so; RunDir.status reads such a run as dead."""
     if not distributed.is_main():
         yield
         return
@@ -46,9 +70,10 @@ def run_logging(run_dir: Path):
 
     status("running")
     try:
-        yield
-    except KeyboardInterrupt:
-        status("interrupted")
+        with stop_signals_as_interrupts():
+            yield
+    except KeyboardInterrupt as exc:
+        status("interrupted", signal=exc.name if isinstance(exc, Terminated) else "SIGINT")
         raise
     except BaseException as exc:
         pruned = type(exc).__name__ == "TrialPruned"
@@ -97,10 +122,13 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
     cfg = task.config["predict"]
     if cfg.tta > 0:
         check_fusable(task.output_kind, f"{task.name} models")
+    start = time.perf_counter()
     outputs, targets, _ = trainer.collect(dataset, with_targets)
     if cfg.tta > 0:
         views = [outputs]
-        for view in range(cfg.tta):
+        for view in range(cfg.tta):  # a line per view: 8 views of a large set take minutes
+            say(f"test-time augmentation: view {view + 1} of {cfg.tta} "
+                f"({len(dataset)} items, {time.perf_counter() - start:.0f} s so far)")
             seed = derive_seed(task.config["trainer"].seed, Salt.TTA, view)
             with torch.random.fork_rng(devices=[]):  # leave the training RNG streams alone
                 torch.manual_seed(seed)

@@ -528,3 +528,35 @@ def test_download_makes_its_destination_only_on_success(tmp_path, monkeypatch, c
     else:
         assert code == 2 and len(err) == 1 and expected in err[0], err
         assert files(work) == {"data"}          # the parent may exist; nothing inside it
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_says_so_and_keeps_its_checkpoint(hw1_demo, tmp_path):
+    """`kill PID` (SIGTERM, as schedulers and notebooks stop a process) unwinds like Ctrl-C:
+    status.json says interrupted by SIGTERM (not running with a dead pid), exit status 143, the
+    resume command printed, its last checkpoint whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), "hw1", "train", "--data",
+           str(hw1_demo), "--out", str(run), "--set", "trainer.epochs=100000",
+           "--set", "trainer.print_every_evals=1000"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    assert "stopped by SIGTERM; continue with:" in err and f"--resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
+    from common.engine.rundir import RunDir
+
+    assert RunDir(run).status()["state"] == "interrupted"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["trainer"]["step"] > 0  # intact

@@ -283,9 +283,13 @@ def test_averaging_identical_checkpoints_returns_that_checkpoint():
 
 
 # --------------------------------------------------------------------------- k-fold, toy task
-def test_kfold_stratified_with_ensemble_on_a_classification_task(blobs, tmp_path):
+def test_kfold_stratified_with_ensemble_on_a_classification_task(blobs, tmp_path, capsys):
     config = blobs_config(blobs, "kfold.folds=3", "predict.tta=2")
     result = kfold_run(BlobsTask, config, tmp_path / "kf")
+    # every test-time view says so (minutes pass on a CPU): 3 folds x (held-out part, test)
+    said = capsys.readouterr().out
+    assert said.count("test-time augmentation: view 1 of 2") == 6
+    assert said.count("test-time augmentation: view 2 of 2") == 6
     assert result["oof"]["acc"] > 0.7
     folds = (tmp_path / "kf" / "folds.csv").read_text().splitlines()[1:]
     counts = np.bincount([int(line.split(",")[1]) for line in folds])[1:]

@@ -244,7 +244,7 @@ def test_runs_lists_finished_interrupted_and_failed_runs(tmp_path, hw1_demo, cap
     lines = capsys.readouterr().out.splitlines()
     row = {line.split()[0]: line.split()[3:] for line in lines[1:]}
     assert {k: v[0] for k, v in row.items()} == {
-        "hw1/a-finished": "finished", "hw1/killed": "interrupted", "hw1/c-failed": "failed",
+        "hw1/a-finished": "finished", "hw1/killed": "dead", "hw1/c-failed": "failed",
         "hw1/d-kfold": "finished"}
     assert {line.split()[0] for line in lines[3:]} == {"hw1/killed", "hw1/c-failed"}  # no value
     finished = row["hw1/a-finished"]
