@@ -16,7 +16,8 @@ from pathlib import Path
 
 from common.core import distributed
 from common.core.config import Config, check_value, load_config, rules_of, toml_value
-from common.core.errors import Terminated, UserError
+from common.core.errors import Terminated, UserError, warn_user
+from common.core.owner import check_not_running, command_line, describe, holder, owning
 from common.engine.fusion import FUSABLE, METHODS
 from common.engine.rundir import RunDir
 from common.engine.runlog import say
@@ -118,6 +119,9 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     pr.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
     pr.add_argument("--tta", type=int, metavar="N",
                     help="test-time augmented views besides the plain one (predict.tta)")
+    pr.add_argument("--out", metavar="DIR",
+                    help="where to write (default: the run itself; a single run only)")
+    add_safety_flags(pr, running=True)
     en = actions.add_parser(
         "ensemble", help="fuse the saved test outputs of several runs or folds",
         description="Fuse test predictions of finished runs, k-fold runs or single folds "
@@ -134,6 +138,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     en.add_argument("--data", metavar="DIR", help="data folder (default: the first member's)")
     en.add_argument("--out", metavar="DIR",
                     help=f"output directory (default: runs/{name}/<timestamp>-ensemble)")
+    add_safety_flags(en, running=True)
     av = actions.add_parser(
         "average", help="average a run's last (or best) N checkpoints into one model and predict",
         description="Average the weights of the last N checkpoints a run kept "
@@ -147,6 +152,7 @@ def _add_task_parser(sub, name: str, title: str, commands: dict) -> None:
     which.add_argument("--best", type=int, metavar="N",
                        help="the N kept checkpoints with the best monitored metric")
     av.add_argument("--data", metavar="DIR", help="data folder (default: the run's data.dir)")
+    add_safety_flags(av)
     tu = _add_train_parser(
         actions, name, "tune", "an Optuna study over the recipe's [tune.space]",
         "Run an Optuna study: each trial is an ordinary run under <study>/trials/ with "
@@ -202,6 +208,8 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     cp.add_argument("--metric", metavar="M", help="the curve to draw (default: the first "
                     "run's trainer.monitor)")
     cp.add_argument("--out", metavar="FILE", help="the PNG (default: compare.png here)")
+    cp.add_argument("--allow-running", action="store_true",
+                    help="also draw runs that are still training (their curves so far)")
     nw = sub.add_parser("new", help="scaffold a new homework package that trains on demo data",
                         description="Write hw/NAME/ (or hw/PKG/: data.py, model.py, "
                         "task.py, README.md, the HOMEWORK entry), configs/NAME.toml and "
@@ -261,6 +269,8 @@ def _train(args) -> int:
             raise UserError("--resume continues a run with its saved config.toml and data; "
                             "pass --resume RUN_DIR alone")
         run_dir = Path(args.resume)
+        check_not_running(run_dir)
+        check_run_kind(run_dir, task_cls.name, args.action)
         marker = RunDir(run_dir).config if kfold else RunDir(run_dir).last
         if not marker.is_file():
             raise UserError(f"{run_dir}: no {marker.relative_to(run_dir)} to resume from; "
@@ -281,14 +291,20 @@ def _train(args) -> int:
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
         run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
+        check_not_running(run_dir, " or choose another --out")
+        if RunDir(run_dir).config.is_file():
+            raise UserError(f"{run_dir}: already holds a run; continue it with "
+                            f"{task_cls.name} {run_kind(run_dir)} --resume {run_dir} or choose "
+                            "another --out")
     RunDir(run_dir).check_writable()   # as the run checks them: the folder, then the data
     data_dir_of(task_cls(config), getattr(args.homework, "download_hint", ""))
     resume_hint = f"{command_name()} {task_cls.name} {args.action} --resume {run_dir}"
     try:
-        if kfold:
-            result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
-        else:
-            result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
+        with owning(run_dir, command_line()):
+            if kfold:
+                result = kfold_run(task_cls, config, run_dir, resume=bool(args.resume))
+            else:
+                result = train_run(task_cls, config, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt as exc:
         print(f"{interrupted(exc)}; continue with: {resume_hint}", file=sys.stderr)
         return getattr(exc, "exit_status", 130)
@@ -369,6 +385,20 @@ def _tune(args) -> int:
         say(f"ensemble of the best {args.ensemble_top}: {result['ensemble']}")
         handoff(args.homework, result["ensemble"], Path(study.folder).name)
     return 0
+
+
+def run_kind(run_dir: Path) -> str:
+    """The command a run folder belongs to: kfold (folds.csv or fold-<k>/) or train."""
+    run = RunDir(run_dir)
+    return "kfold" if run.is_kfold() or run.fold_dirs() else "train"
+
+
+def check_run_kind(run_dir: Path, hw: str, action: str) -> None:
+    """`train --resume` takes a train run and `kfold --resume` a k-fold run: the other kind
+    would start a run of the wrong kind inside it."""
+    if RunDir(run_dir).config.is_file() and run_kind(run_dir) != action:
+        raise UserError(f"{run_dir}: a {run_kind(run_dir)} run, not a {action} run; continue it "
+                        f"with {hw} {run_kind(run_dir)} --resume {run_dir}")
 
 
 def command_name() -> str:
@@ -476,6 +506,7 @@ def _runs(args) -> int:
 def _compare(args) -> int:
     from common.experiments import runs as run_table
 
+    check_readable([Path(r) for r in args.runs], args.allow_running)
     return run_table.compare_command(args.tasks, args.runs, metric=args.metric, out=args.out)
 
 
@@ -487,18 +518,66 @@ def _download(args) -> int:
     return 0
 
 
+def add_safety_flags(parser: argparse.ArgumentParser, *, running: bool = False) -> None:
+    """--force (replace a finished submission) and, for readers of runs, --allow-running."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace a submission already in the output folder")
+    if running:
+        parser.add_argument("--allow-running", action="store_true",
+                            help="read a run that is still training (its checkpoint or "
+                            "outputs as they are now, said loudly)")
+
+
+def check_readable(runs: list[Path], allow_running: bool) -> None:
+    """Runs still being written are refused, or with --allow-running named loudly."""
+    for run in runs:
+        if allow_running:
+            owner = holder(run)
+            if owner is not None:
+                warn_user(f"{run} is still being written by {describe(owner)}: using its "
+                          "files as they are now, not the run's final result")
+        else:
+            check_not_running(run, ", or pass --allow-running to use it as it is now")
+
+
+def check_replace(out: Path, name: str, force: bool, flag: str = "--out") -> None:
+    """A finished file in the output folder is replaced only with --force."""
+    if (out / name).exists() and not force:
+        raise UserError(f"{out / name}: exists (a finished submission); pass --force to "
+                        f"replace it, or {flag} DIR to write elsewhere")
+
+
 def _predict(args) -> int:
-    predict = predict_kfold if RunDir(args.run).is_kfold() else predict_run
-    path = predict(args.task_cls, args.run, ckpt=args.ckpt, data_dir=args.data, tta=args.tta)
+    run = Path(args.run)
+    kfold = RunDir(run).is_kfold()
+    if kfold and args.out:
+        raise UserError(f"{run}: a k-fold run predicts into its own folds; drop --out")
+    check_readable([run], args.allow_running)
+    out = Path(args.out) if args.out else run
+    if args.allow_running and out.resolve() == run.resolve():
+        raise UserError(f"{run}: still training; --allow-running needs --out DIR (the run's "
+                        "own folder is its trainer's)")
+    check_replace(out, args.task_cls.submission_name, args.force)
+    with owning(out, command_line()):
+        if kfold:
+            path = predict_kfold(args.task_cls, run, ckpt=args.ckpt, data_dir=args.data,
+                                 tta=args.tta)
+        else:
+            path = predict_run(args.task_cls, run, ckpt=args.ckpt, data_dir=args.data,
+                               tta=args.tta, out_dir=out)
     say(f"submission: {path}")
-    handoff(args.homework, path, Path(args.run).name)
+    handoff(args.homework, path, out.name)
     return 0
 
 
 def _ensemble(args) -> int:
     out = Path(args.out) if args.out else RunDir.new("runs", args.task_cls.name, "ensemble").path
-    path = ensemble_run(args.task_cls, args.members, out, method=args.method,
-                        weights=args.weights, data_dir=args.data)
+    members = [Path(m) for m in args.members]
+    check_readable([m if m.is_dir() else m.parent for m in members], args.allow_running)
+    check_replace(out, args.task_cls.submission_name, args.force)
+    with owning(out, command_line()):
+        path = ensemble_run(args.task_cls, args.members, out, method=args.method,
+                            weights=args.weights, data_dir=args.data)
     say(f"submission: {path}")
     handoff(args.homework, path, out.name)
     return 0
@@ -506,8 +585,11 @@ def _ensemble(args) -> int:
 
 def _average(args) -> int:
     select = "best" if args.best is not None else "last"
-    path = average_run(args.task_cls, args.run, args.best if select == "best" else args.last,
-                       select=select, data_dir=args.data)
+    count = args.best if select == "best" else args.last
+    check_replace(Path(args.run) / f"average-{select}{count}", args.task_cls.submission_name,
+                  args.force, flag="--last/--best N")
+    with owning(args.run, command_line(), flag="run"):
+        path = average_run(args.task_cls, args.run, count, select=select, data_dir=args.data)
     say(f"submission: {path}")
     handoff(args.homework, path, Path(args.run).name)
     return 0

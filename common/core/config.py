@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.core.errors import UserError
-from common.core.io import write_text_atomic
+from common.core.io import read_text, write_text_atomic
 
 Config = dict[str, Any]
 
@@ -87,6 +87,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{where}: expected a number, got {value!r}")
+        if value != value:  # TOML's nan: no setting means "not a number"
+            raise UserError(f"{where}: nan is not a number; give a value")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -174,7 +176,7 @@ def load_config(
         path = Path(path)
         source = str(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(read_text(path, "save the config as UTF-8"))
         except FileNotFoundError:
             raise UserError(f"{path}: config file not found; pass an existing --config") from None
         except tomllib.TOMLDecodeError as exc:

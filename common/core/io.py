@@ -37,6 +37,23 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def read_text(path: str | Path, fix: str = "save it as UTF-8") -> str:
+    """A text file as UTF-8, with or without the byte-order mark Notepad writes; a file in
+    another encoding (UTF-16, Latin-1, ...) is one UserError naming the file and the line."""
+    from common.core.errors import UserError
+
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: UTF-16 text; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not UTF-8 text (another encoding?); {fix}"
+                        ) from None
+
+
 def os_error_of(exc: BaseException) -> OSError | None:
     """The OSError behind an exception, if any: torch's zip writer turns a failed write (a full
     disk, a file-size limit) into a RuntimeError ("unexpected pos ...") raised while the

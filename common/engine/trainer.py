@@ -50,6 +50,8 @@ from common.engine.stepper import Stepper
 __all__ = ["Callback", "Objective", "OptimizerSpec", "TrainState", "Trainer", "TrainerConfig",
            "to_device"]
 
+NO_BAD_STEP = 2**62  # Trainer._first_bad while every update's loss was finite
+
 
 @dataclass
 class TrainerConfig:
@@ -216,6 +218,7 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.state = TrainState()
         self.means = RunningMeans(self.device)
+        self._first_bad = torch.full((), NO_BAD_STEP, dtype=torch.long)
         self.best_model_state: dict[str, torch.Tensor] | None = None
 
     @property
@@ -417,7 +420,18 @@ class Trainer:
         return {**self.extra_state, "model": self.eval_model.state_dict(), "metrics": metrics,
                 "trainer": {"epoch": self.state.epoch, "step": self.state.step}}
 
+    def check_finite(self) -> None:
+        """Stop (one line) once an update's loss was NaN or infinite: what follows would
+        train, checkpoint and submit nonsense."""
+        bad = int(self._first_bad)
+        if bad != NO_BAD_STEP:
+            raise UserError(
+                f"the training loss was not finite (NaN or inf) at update {bad} (epoch "
+                f"{(bad - 1) // max(1, self.stepper.steps_per_epoch) + 1}); look for NaN or inf in the inputs, or lower "
+                "optim.lr / set trainer.clip_grad_norm; the checkpoints before it are kept")
+
     def save_last(self) -> None:
+        self.check_finite()
         if self.run is not None:
             state = self.full_state()  # every rank: the RNG states are gathered
             if self.writes:
@@ -483,6 +497,7 @@ class Trainer:
     def _validate(self, valid_dataset) -> dict[str, float]:
         """Log a metrics row; with a validation set also track the best and early stopping."""
         cfg, st = self.cfg, self.state
+        self.check_finite()
         metrics, outputs = {}, None
         if valid_dataset is not None:
             metrics, outputs = self._evaluate(valid_dataset, cfg.max_eval_batches)
@@ -520,6 +535,12 @@ class Trainer:
         running means for metrics.csv."""
         for key, total in sums.items():
             self.means.add(f"train_{key}", total, count)
+        # the first update whose loss is not finite, kept on the device (no sync per update);
+        # read at each evaluation and checkpoint (check_finite)
+        finite = torch.stack([torch.isfinite(t).all() for t in sums.values()]).all()
+        step = torch.full((), self.state.step, dtype=torch.long, device=finite.device)
+        self._first_bad = torch.where(finite, self._first_bad.to(finite.device),
+                                      torch.minimum(self._first_bad.to(finite.device), step))
         row = {"step": self.state.step, "epoch": self.state.epoch,
                **{f"lr{_suffix(n)}": lr for n, lr in self.lr.items()},
                **{k: v / count for k, v in sums.items()}}

@@ -20,7 +20,7 @@ from common.core.config import Config, config_to_dict, save_config
 from common.core.errors import Terminated, UserError
 from common.core.runtime import Salt, derive_seed, seed_everything, set_cpu_threads
 from common.data.mix import MixBatch
-from common.engine.checkpoint import average_checkpoints, load_checkpoint
+from common.engine.checkpoint import average_checkpoints, load_checkpoint, prediction_weights
 from common.engine.fusion import check_fusable, fuse, save_outputs
 from common.engine.rundir import RunDir
 from common.engine.runlog import say
@@ -139,14 +139,35 @@ def predict_outputs(task: Task, trainer: Trainer, dataset, *, with_targets: bool
     return (outputs, targets) if with_targets else outputs
 
 
+def check_finite_outputs(outputs, submission: Path) -> None:
+    """Refuse to write a submission from NaN or infinite outputs, whatever their kind (scores,
+    logits, images; tensors, arrays, or lists and dicts of them): a model that diverged
+    would hand in nonsense without a word."""
+    parts = outputs.values() if isinstance(outputs, dict) else \
+        outputs if isinstance(outputs, list | tuple) else [outputs]
+    for part in parts:
+        if isinstance(part, dict | list | tuple):
+            check_finite_outputs(part, submission)
+            continue
+        values = torch.as_tensor(part) if isinstance(part, np.ndarray) else part
+        if isinstance(values, torch.Tensor) and values.is_floating_point():
+            bad = (~torch.isfinite(values)).reshape(len(values), -1).any(1) \
+                if values.ndim else ~torch.isfinite(values).reshape(1)
+            if bad.any():
+                raise UserError(f"{submission}: the model's output for test item "
+                                f"{int(bad.nonzero()[0])} is not finite (NaN or inf); nothing "
+                                "written; the model diverged: retrain with a lower optim.lr")
+
+
 def write_outputs(task: Task, test_data, outputs, out_dir: Path,
                   info: dict | None = None) -> Path:
     """Keep raw test outputs (for ensembling) and write the submission next to them (rank 0
     only under torchrun; every rank returns the submission's path)."""
     if not distributed.is_main():
         return out_dir / task.submission_name
+    check_finite_outputs(outputs, out_dir / task.submission_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # the submission first: an invalid one (NaN, wrong rows) leaves no outputs behind either
+    # the submission first: an invalid one (wrong rows) leaves no outputs behind either
     submission = task.write_submission(test_data, outputs, out_dir / task.submission_name)
     save_outputs(RunDir(out_dir).outputs, outputs, task=task.name, kind=task.output_kind,
                  info={"task_state": task.state_dict(), **(info or {})})
@@ -194,10 +215,13 @@ def fit_split(task: Task, train_data, train_idx, valid_idx, *, run_dir: Path | N
         say(f"predicting with the mean of {', '.join(state['averaged'])} "
             f"(predict.average = {count})")
         return trainer
-    if which != "last":
+    if which == "best":
         trainer.load_best()
+    elif which != "last":  # a checkpoint of the user's (checked to exist before training)
+        trainer.eval_model.load_state_dict(prediction_weights(load_checkpoint(which)))
     if run_dir is not None:
-        weights = "the final weights" if which == "last" else f"{RunDir(run_dir).best}"
+        weights = {"last": "the final weights", "best": f"{RunDir(run_dir).best}"}.get(
+            which, which)
         say(f"predicting with {weights} (predict.ckpt = {which!r})")
     return trainer
 
@@ -207,6 +231,10 @@ def check_run_config(task_cls: type[Task], config: Config) -> None:
     than it keeps, accumulation for a task that cannot accumulate."""
     check_accumulation(task_cls, config["trainer"])
     count, kept = config["predict"].average, config["trainer"].keep_checkpoints
+    ckpt = config["predict"].ckpt
+    if count == 0 and ckpt not in ("best", "last") and not Path(ckpt).is_file():
+        raise UserError(f"predict.ckpt={ckpt!r}: no such checkpoint file; use best, last or "
+                        "the path of an existing .pt")
     if count > kept:
         raise UserError(f"predict.average={count} needs the last {count} checkpoints kept; "
                         f"set trainer.keep_checkpoints={count} (now {kept})")

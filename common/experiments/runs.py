@@ -13,6 +13,7 @@ from typing import Any
 
 from common.core.config import config_to_dict, load_config, toml_value
 from common.core.errors import UserError
+from common.core.io import read_text
 from common.engine.rundir import RunDir
 from common.experiments.kfold import oof_value
 
@@ -88,7 +89,7 @@ def run_config(tasks, hw: str, run: RunDir) -> dict[str, Any]:
     try:
         return flat(config_to_dict(load_config(task_cls.schema(), run.config)))
     except UserError:  # a config from an older version: compare what it says
-        raw = tomllib.loads(run.config.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_text(run.config))
         return flat({s: v for s, v in raw.items() if isinstance(v, dict)})
 
 
@@ -161,7 +162,7 @@ def _hw_of(tasks, run: RunDir) -> str:
     for part in reversed(run.path.resolve().parts):
         if part in tasks:
             return part
-    raw = tomllib.loads(run.config.read_text(encoding="utf-8"))
+    raw = tomllib.loads(read_text(run.config))
     for hw in tasks:  # the homework whose schema reads the config
         try:
             load_config(tasks[hw]().schema(), run.config)

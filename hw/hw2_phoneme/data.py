@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.core.errors import UserError
+from common.core.io import read_text
 from common.data.loading import find_data_root
 from common.engine.checkpoint import load_torch_file
 
@@ -35,7 +36,7 @@ def read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: missing; the libriphone folder needs train_split.txt, "
                         "train_labels.txt, test_split.txt and feat/")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    ids = [line.strip() for line in read_text(path).splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise UserError(f"{path}: lists no utterances")
@@ -49,7 +50,7 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path}: missing; it holds the frame labels of the training utterances")
     labels = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue

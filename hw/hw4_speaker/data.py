@@ -18,6 +18,7 @@ from common.core.io import (
     building_folder,
     cached_array,
     files_key,
+    read_text,
     write_csv_atomic,
     write_text_atomic,
 )
@@ -61,7 +62,7 @@ def _json(path: Path) -> dict:
         raise UserError(f"{path}: missing; the HW4 Dataset/ folder needs metadata.json, "
                         "testdata.json and mapping.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); download the data again") from None
     if not isinstance(data, dict):

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from common.core.errors import UserError, warn_user
-from common.core.io import files_key, load_or_build, write_bytes_atomic, write_text_atomic
+from common.core.io import (
+    files_key,
+    load_or_build,
+    read_text,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from common.data.loading import find_root_or_child
 from common.data.ragged import Ragged
 
@@ -42,13 +48,7 @@ def read_lines(path: Path) -> list[str]:
     clear error."""
     if not path.is_file():
         raise UserError(f"{path}: missing; it comes with the course's ted2020.tgz / test.tgz")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8; download the file again or "
-                        "convert it to UTF-8") from None
+    text = read_text(path, "download the file again or convert it to UTF-8")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.core.errors import UserError
-from common.core.io import write_csv_atomic, write_text_atomic
+from common.core.io import read_text, write_csv_atomic, write_text_atomic
 from common.data.loading import find_root_or_child
 
 FILES = {"train": "hw7_train.json", "dev": "hw7_dev.json", "test": "hw7_test.json"}
@@ -67,7 +67,7 @@ def read_split(path: Path, *, labelled: bool) -> QASet:
     if not path.is_file():
         raise UserError(f"{path}: missing; hw7_data.zip holds {', '.join(FILES.values())}")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); download hw7_data.zip again") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("questions"), list) or \

@@ -131,18 +131,18 @@ CASES = [
      ["hw1", "train", "--data", "data", "--out", "taken/run", "--dry-run"],
      ["taken/run: taken is a file, not a folder; choose another --out"]),
     ("run already there", no_setup, ["hw1", "train", "--data", "data", "--out", "run"],
-     ["run: already holds a run; continue it with --resume run"]),
+     ["run: already holds a run; continue it with hw1 train --resume run"]),
     # --- checkpoints and runs
     ("truncated best.pt", lambda ws: (ws / "run" / "checkpoints" / "best.pt").write_bytes(
         (ws / "run" / "checkpoints" / "best.pt").read_bytes()[:500]),
-     ["hw1", "predict", "--run", "run", "--ckpt", "best"],
+     ["hw1", "predict", "--run", "run", "--ckpt", "best", "--force"],
      ["best.pt: truncated or not a checkpoint; use another checkpoint"]),
     ("random bytes as best.pt", lambda ws: (ws / "run" / "checkpoints" / "best.pt").write_bytes(
-        bytes(range(256)) * 8), ["hw1", "predict", "--run", "run", "--ckpt", "best"],
+        bytes(range(256)) * 8), ["hw1", "predict", "--run", "run", "--ckpt", "best", "--force"],
      ["best.pt: truncated or not a checkpoint"]),
     ("foreign torch file", lambda ws: torch.save({"weights": 1},
                                                  ws / "run" / "checkpoints" / "best.pt"),
-     ["hw1", "predict", "--run", "run", "--ckpt", "best"],
+     ["hw1", "predict", "--run", "run", "--ckpt", "best", "--force"],
      ["best.pt: not a checkpoint written by this suite"]),
     ("best.pt copied over last.pt", lambda ws: shutil.copy(
         ws / "run" / "checkpoints" / "best.pt", ws / "run" / "checkpoints" / "last.pt"),
@@ -237,16 +237,16 @@ def test_a_user_error_is_one_line_exit_2_and_leaves_nothing(ws, capsys, setup, a
     assert "run directory" not in out or "--resume" in args  # named once it exists
 
 
-def test_a_diverging_model_leaves_its_run_but_no_submission(ws, capsys):
+def test_a_diverging_model_stops_at_its_first_non_finite_loss_and_writes_no_submission(
+        ws, capsys):
     code = main([*TRAIN, "--set", "model.arch=mlp", "--set", "trainer.batch_size=256",
                  "--set", "optim.name=sgd", "--set", "optim.lr=1e6",
                  "--set", "data.normalize=false"])
     err = capsys.readouterr().err
-    assert code == 2 and "error: " in err and "new/pred.csv: prediction for id" in err
-    assert err.strip().splitlines()[-1].startswith("error: ")
-    made = files(ws / "new")
-    assert "checkpoints/last.pt" in made and "pred.csv" not in made
-    assert "test_outputs.pt" not in made
+    assert code == 2 and "error: the training loss was not finite (NaN or inf) at update " \
+        in err, err
+    assert "at update 2 (epoch 1)" in err and len(err.strip().splitlines()) == 1
+    assert not (ws / "new").exists()   # it failed before its first checkpoint: nothing kept
 
 
 @pytest.mark.parametrize("code_", [errno.EACCES, errno.ENOSPC])
@@ -310,7 +310,7 @@ def test_relative_data_is_stored_absolute_and_predict_works_elsewhere(ws, monkey
     other.mkdir()
     monkeypatch.chdir(other)
     capsys.readouterr()
-    assert main(["hw1", "predict", "--run", str(ws / "run")]) == 0
+    assert main(["hw1", "predict", "--run", str(ws / "run"), "--force"]) == 0
     out = capsys.readouterr().out
     assert f"predicting with {ws / 'run' / 'checkpoints' / 'last.pt'}" in out  # hw1: last
     assert (ws / "run" / "config.toml").read_text().count(f'dir = "{ws / "data"}"') == 1
@@ -531,32 +531,60 @@ def test_download_makes_its_destination_only_on_success(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_sigterm_says_so_and_keeps_its_checkpoint(hw1_demo, tmp_path):
-    """`kill PID` (SIGTERM, as schedulers and notebooks stop a process) unwinds like Ctrl-C:
-    status.json says interrupted by SIGTERM (not running with a dead pid), exit status 143, the
-    resume command printed, its last checkpoint whole."""
+def test_a_live_run_has_one_owner_and_a_sigterm_stops_it_cleanly(hw1_demo, tmp_path, capsys):
+    """While a real training process owns its folder: a second train into it, a resume of it
+    and a predict or ensemble of it are each one error line naming that process (nothing
+    written); predict --allow-running --out reads it and says so. Then `kill PID` (SIGTERM)
+    unwinds like Ctrl-C: exit 143, status interrupted by SIGTERM (not running with a dead
+    pid), the resume command printed, last.pt whole, and the lock gone with the process."""
     import signal
     import subprocess
     import sys
     import time
+
+    from common.core.owner import holder
+    from common.engine.rundir import RunDir
 
     run = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), "hw1", "train", "--data",
            str(hw1_demo), "--out", str(run), "--set", "trainer.epochs=100000",
            "--set", "trainer.print_every_evals=1000"]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last.pt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert json.loads((run / "status.json").read_text())["state"] == "running"
-    child.send_signal(signal.SIGTERM)
-    _, err = child.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.pt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert RunDir(run).status()["state"] == "running"
+        assert holder(run)["pid"] == child.pid
+        before = files(run)
+        capsys.readouterr()
+        refused = {
+            "second writer": ["hw1", "train", "--data", str(hw1_demo), "--out", str(run)],
+            "resume while running": ["hw1", "train", "--resume", str(run)],
+            "predict": ["hw1", "predict", "--run", str(run), "--force"],
+            "ensemble": ["hw1", "ensemble", str(run), "--out", str(tmp_path / "ens")],
+            "compare": ["compare", str(run), "--out", str(tmp_path / "c.png")],
+        }
+        for case, argv in refused.items():
+            code = main(argv)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and len(err) == 1, (case, err)
+            assert f"process {child.pid} (`run.py hw1 train" in err[0], (case, err)
+        assert not (tmp_path / "ens").exists() and not (tmp_path / "c.png").exists()
+        assert main(["hw1", "predict", "--run", str(run), "--allow-running", "--out",
+                     str(tmp_path / "now")]) == 0
+        err = capsys.readouterr().err
+        assert f"still being written by process {child.pid}" in err
+        assert (tmp_path / "now" / "pred.csv").is_file()
+        assert "pred.csv" not in files(run) and "pred.csv" not in before
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
     assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     assert "stopped by SIGTERM; continue with:" in err and f"--resume {run}" in err
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
-    from common.engine.rundir import RunDir
-
-    assert RunDir(run).status()["state"] == "interrupted"
+    assert RunDir(run).status()["state"] == "interrupted" and holder(run) is None
     assert load_checkpoint(run / "checkpoints" / "last.pt")["trainer"]["step"] > 0  # intact

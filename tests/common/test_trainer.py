@@ -256,3 +256,35 @@ def test_a_task_that_cannot_accumulate_refuses_accum_steps():
 
     with pytest.raises(UserError, match=r"trainer.accum_steps=2: .*cannot accumulate"):
         Trainer(model(), Eager(), cfg(accum_steps=2))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_its_update_and_keeps_earlier_checkpoints(
+        tmp_path):
+    """NaN targets from the start: the run stops with one line naming update 1 (epoch 1) at
+    its first evaluation, before any checkpoint holds NaN weights. NaN targets from epoch 2
+    on (10 updates an epoch): update 11 (epoch 2), and epoch 1's last.pt is kept, finite."""
+    for from_epoch in (1, 2):
+        x, y = data().tensors
+        y = y.clone()
+        if from_epoch == 1:
+            y[:] = float("nan")
+        run = tmp_path / f"from{from_epoch}"
+        trainer = Trainer(model(), Regression(), cfg(), optim=OptimConfig(name="sgd", lr=1e-2),
+                          sched=SchedConfig(), run_dir=run)
+
+        class PoisonLater(Callback):
+            def on_epoch_end(self, trainer):
+                y[:] = float("nan")
+
+        if from_epoch == 2:
+            trainer.callbacks.append(PoisonLater())
+        update = 1 + 10 * (from_epoch - 1)
+        with pytest.raises(UserError, match=rf"not finite \(NaN or inf\) at update {update} "
+                           rf"\(epoch {from_epoch}\)"):
+            trainer.fit(TensorDataset(x, y), data(100, seed=1))
+        last = run / "checkpoints" / "last.pt"
+        assert last.exists() == (from_epoch == 2)
+        if last.exists():
+            kept = torch.load(last, weights_only=False)
+            assert kept["trainer"]["step"] == 10
+            assert all(torch.isfinite(v).all() for v in kept["model"].values())

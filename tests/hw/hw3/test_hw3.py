@@ -3,6 +3,7 @@
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -303,3 +304,37 @@ def test_killed_augmented_run_with_workers_resumes_exactly(demo, tmp_path):
     b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "submission.csv").read_text() == (killed / "submission.csv").read_text()
+
+
+# --- real photos (a proxy: 10 Food-101 classes in the Food-11 layout) ------------------------
+FOOD101 = SHARED / "hw3" / "food101" / "food11"
+
+
+def real_subset(dest: Path, per_class: dict[str, int]) -> Path:
+    """Links to the first N real photos of each class per folder (all test photos up to N)."""
+    for folder, count in per_class.items():
+        (dest / folder).mkdir(parents=True)
+        files = img_cache.image_files(FOOD101 / folder)
+        if folder == "test":
+            chosen = files[:count]
+        else:
+            chosen = [f for f in files if int(f.stem.split("_")[1]) < count]
+        for f in chosen:
+            (dest / folder / f.name).symlink_to(f)
+    return dest
+
+
+@pytest.mark.slow
+def test_a_short_run_on_real_food_photos_beats_chance(tmp_path):
+    if not (FOOD101 / "training").is_dir():
+        pytest.skip("real HW3 proxy photos (../shared/data/hw3/food101) not present")
+    train = img_cache.image_files(FOOD101 / "training")
+    assert len(train) == 3000 and len(img_cache.image_files(FOOD101 / "validation")) == 750
+    assert {food.label_of(f) for f in train} == set(range(10))   # class 10 has no photos
+    data = real_subset(tmp_path / "food11", {"training": 60, "validation": 20, "test": 30})
+    result = train_run(FoodTask, config(data.parent, tmp_path / "cache", overrides=[
+        *SMALL, "trainer.epochs=6", 'trainer.device="cpu"', "trainer.print_every_evals=1000",
+        "predict.tta=0"]), tmp_path / "run")
+    assert result["best"] > 0.2, result["best"]        # 10 classes seen: chance is 0.1
+    ids = pd.read_csv(tmp_path / "run" / "submission.csv", dtype={"Id": str})["Id"]
+    assert list(ids) == [f.stem for f in img_cache.image_files(FOOD101 / "test")[:30]]
