@@ -427,8 +427,9 @@ class Trainer:
         if bad != NO_BAD_STEP:
             raise UserError(
                 f"the training loss was not finite (NaN or inf) at update {bad} (epoch "
-                f"{(bad - 1) // max(1, self.stepper.steps_per_epoch) + 1}); look for NaN or inf in the inputs, or lower "
-                "optim.lr / set trainer.clip_grad_norm; the checkpoints before it are kept")
+                f"{(bad - 1) // max(1, self.stepper.steps_per_epoch) + 1}); look for NaN or "
+                "inf in the inputs, or lower optim.lr / set trainer.clip_grad_norm; the "
+                "checkpoints before it are kept")
 
     def save_last(self) -> None:
         self.check_finite()

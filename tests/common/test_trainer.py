@@ -273,11 +273,14 @@ def test_a_non_finite_loss_stops_the_run_naming_its_update_and_keeps_earlier_che
                           sched=SchedConfig(), run_dir=run)
 
         class PoisonLater(Callback):
+            def __init__(self, targets):
+                self.targets = targets
+
             def on_epoch_end(self, trainer):
-                y[:] = float("nan")
+                self.targets[:] = float("nan")
 
         if from_epoch == 2:
-            trainer.callbacks.append(PoisonLater())
+            trainer.callbacks.append(PoisonLater(y))
         update = 1 + 10 * (from_epoch - 1)
         with pytest.raises(UserError, match=rf"not finite \(NaN or inf\) at update {update} "
                            rf"\(epoch {from_epoch}\)"):
