@@ -17,6 +17,7 @@ from pathlib import Path
 from common.core import distributed
 from common.core.config import Config, check_value, load_config, rules_of, toml_value
 from common.core.errors import Terminated, UserError, warn_user
+from common.core.io import building_folder
 from common.core.owner import check_not_running, command_line, describe, holder, owning
 from common.engine.fusion import FUSABLE, METHODS
 from common.engine.rundir import RunDir
@@ -237,8 +238,12 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
     path = Path(dest or f"data/demo/{task_cls.name}")
     marker = path / ".complete"
     if not marker.exists() and distributed.is_main():
-        task_cls.write_demo_data(path)
-        marker.write_text("demo data complete\n")
+        if path.is_dir() and any(path.iterdir()):
+            raise UserError(f"{path}: holds files but no finished demo data; remove it or "
+                            "choose another --dest")
+        with building_folder(path, replace=True) as stage:  # whole, or not there at all
+            task_cls.write_demo_data(stage)
+            (stage / ".complete").write_text("demo data complete\n")
     distributed.barrier()  # under torchrun the other ranks wait for rank 0's files
     return path
 

@@ -31,9 +31,11 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # name the file
         raise
 
 
@@ -100,9 +102,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def save_npy_atomic(path: str | Path, array) -> None:
-    """np.save, atomically: the file is whole or not there."""
-    with atomic_write(path, "wb") as fh:
-        np.save(fh, array)
+    """np.save, atomically: the file is whole or not there. numpy reports a short write (a
+    full disk, a file-size limit) as an OSError without errno; it comes out as ENOSPC naming
+    the file, which the command line turns into one line."""
+    try:
+        with atomic_write(path, "wb") as fh:
+            np.save(fh, array)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        raise OSError(errno.ENOSPC, f"short write ({exc}): the disk is full or a "
+                      "file-size limit was reached", str(path)) from None
 
 
 def files_key(files: Iterable[str | Path], *settings) -> str:

@@ -75,6 +75,10 @@ def load_feature(path: Path, utt: str) -> torch.Tensor:
         what = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
         raise UserError(f"{path}: utterance {utt} must be a (T, {FEAT_DIM}) float tensor, got "
                         f"{what}")
+    finite = torch.isfinite(feat).all(1)
+    if not finite.all():  # one NaN would make every loss NaN and every prediction class 0
+        raise UserError(f"{path}: utterance {utt} frame {int((~finite).nonzero()[0])} holds "
+                        "NaN or inf; download the data again or drop the utterance")
     return feat.float()
 
 

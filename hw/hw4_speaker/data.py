@@ -4,6 +4,7 @@ front end for real audio (`featurize`), which also makes the demo data from synt
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from common.core.io import (
     cached_array,
     files_key,
     read_text,
+    write_bytes_atomic,
     write_csv_atomic,
     write_text_atomic,
 )
@@ -301,21 +303,26 @@ def write_demo_audio(dest: Path, *, n_speakers: int = 40, per_speaker: int = 16,
     voices = {name: (rng.uniform(100, 200),
                      np.array([500, 1400, 2500]) * rng.uniform(0.85, 1.15, 3))
               for name in names}
+    def write_wav(path: Path, wave: np.ndarray) -> None:
+        # encoded in memory, written by Python: libsndfile reports a full disk as "System
+        # error." without the errno that makes it one line for the user
+        blob = io.BytesIO()
+        soundfile.write(blob, wave, SAMPLE_RATE, format="WAV")
+        write_bytes_atomic(path, blob.getvalue())
+
     for name in names:
         (dest / name).mkdir(parents=True, exist_ok=True)
         for k in range(per_speaker):
             pitch, formants = voices[name]
-            wave = synth_voice(rng, pitch * rng.uniform(0.94, 1.06), formants,
-                               rng.uniform(1.0, 4.0))
-            soundfile.write(dest / name / f"{k:03d}.wav", wave, SAMPLE_RATE)
+            write_wav(dest / name / f"{k:03d}.wav", synth_voice(
+                rng, pitch * rng.uniform(0.94, 1.06), formants, rng.uniform(1.0, 4.0)))
     (dest / "test").mkdir(parents=True, exist_ok=True)
     answers = []
     for k in range(n_test):
         name = names[int(rng.integers(n_speakers))]
         pitch, formants = voices[name]
-        soundfile.write(dest / "test" / f"{k:04d}.wav",
-                        synth_voice(rng, pitch * rng.uniform(0.94, 1.06), formants,
-                                    rng.uniform(1.0, 4.0)), SAMPLE_RATE)
+        write_wav(dest / "test" / f"{k:04d}.wav", synth_voice(
+            rng, pitch * rng.uniform(0.94, 1.06), formants, rng.uniform(1.0, 4.0)))
         answers.append(name)
     return dest, answers
 

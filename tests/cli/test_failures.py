@@ -18,7 +18,7 @@ import torch
 from common.core import io as common_io
 from common.engine.checkpoint import load_checkpoint
 from hw.cli import main
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, cli_child, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,24 @@ def no_setup(ws):
 
 # (name, setup(ws), arguments, words the one error line holds)
 CASES = [
+    # --- one owner per run folder, nothing finished replaced by surprise
+    ("kfold --resume of a train run", no_setup, ["hw1", "kfold", "--resume", "run"],
+     ["run: a train run, not a kfold run; continue it with hw1 train --resume run"]),
+    ("predict over a finished submission", no_setup, ["hw1", "predict", "--run", "run"],
+     ["run/pred.csv: exists (a finished submission); pass --force to replace it, or --out"]),
+    ("ensemble over a finished run", no_setup, ["hw1", "ensemble", "run", "--out", "run"],
+     ["run/pred.csv: exists (a finished submission); pass --force"]),
+    ("a checkpoint path that does not exist", no_setup,
+     [*TRAIN, "--set", 'predict.ckpt="/no/such.pt"'],
+     ["predict.ckpt='/no/such.pt': no such checkpoint file"]),
+    ("nan learning rate", no_setup, [*TRAIN, "--set", "optim.lr=nan"],
+     ["optim.lr", "nan is not a number"]),
+    ("a UTF-16 config", lambda ws: (ws / "c.toml").write_bytes(
+        "[trainer]\nepochs = 2\n".encode("utf-16")), [*TRAIN, "--config", "c.toml"],
+     ["c.toml: UTF-16 text; save the config as UTF-8"]),
+    ("a Latin-1 config", lambda ws: (ws / "c.toml").write_bytes(
+        "# café\n[trainer]\nepochs = 2\n".encode("latin-1")), [*TRAIN, "--config", "c.toml"],
+     ["c.toml: line 1 is not UTF-8 text (another encoding?); save the config as UTF-8"]),
     # --- data
     ("missing data folder", no_setup, ["hw1", "train", "--data", "nowhere", "--dry-run"],
      ["nowhere: data directory not found; download it (kaggle competitions download"]),
@@ -317,25 +335,6 @@ def test_relative_data_is_stored_absolute_and_predict_works_elsewhere(ws, monkey
 
 
 # --------------------------------------------------------------------------- a real full disk
-def limited(limit: int):
-    """preexec_fn: the child may write no file larger than `limit` bytes. Python ignores
-    SIGXFSZ, so a write past it fails with EFBIG, exactly as a full disk fails a write."""
-    import resource
-
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
-def cli_child(*args: str, cwd: Path, limit: int | None = None):
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          preexec_fn=limited(limit) if limit else None)
-
-
 @pytest.mark.slow
 def test_a_real_file_size_limit_during_a_checkpoint_is_one_line_and_resumes_exactly(ws):
     """The checkpoint grows by its history every epoch; with the limit one byte under the
@@ -383,8 +382,13 @@ def test_a_wrapped_write_error_is_the_oserror_it_was(tmp_path):
         except OSError as exc:
             print(type(exc).__name__, exc.errno, exc.filename)
     """)
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          preexec_fn=limited(50_000), timeout=120)
+                          preexec_fn=limited, timeout=120)
     assert done.stdout.split() == ["OSError", str(errno.EFBIG), str(tmp_path / "big.pt")], \
         done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []
@@ -588,3 +592,10 @@ def test_a_live_run_has_one_owner_and_a_sigterm_stops_it_cleanly(hw1_demo, tmp_p
     assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
     assert RunDir(run).status()["state"] == "interrupted" and holder(run) is None
     assert load_checkpoint(run / "checkpoints" / "last.pt")["trainer"]["step"] > 0  # intact
+
+
+def test_a_config_with_a_byte_order_mark_is_read(ws, capsys):
+    """Notepad saves UTF-8 with a BOM; tomllib alone refuses it."""
+    (ws / "c.toml").write_bytes(b"\xef\xbb\xbf[trainer]\nepochs = 1\n")
+    assert main([*TRAIN, "--config", "c.toml"]) == 0
+    assert "epochs = 1" in (ws / "new" / "config.toml").read_text()

@@ -99,6 +99,16 @@ def test_bad_files_name_the_utterance_and_file(demo, tmp_path):
     torch.save(torch.zeros(10, 39), feat)
     with pytest.raises(UserError, match=rf"utterance {first} has 10 frames but \d+ labels"):
         phone.load_split(root.parent, "train")
+    nan = torch.zeros(10, 39)
+    nan[7, 3] = float("nan")
+    torch.save(nan, feat)  # one NaN made every loss NaN and every prediction class 0
+    with pytest.raises(UserError, match=rf"{first}.pt: utterance {first} frame 7 holds NaN"):
+        phone.load_split(root.parent, "train")
+    # the labels lists as Notepad saves them: a byte-order mark before the first id
+    for name in ("train_split.txt", "train_labels.txt"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    assert phone.read_ids(root / "train_split.txt")[0] == first
+    assert first in phone.read_labels(root / "train_labels.txt")
     feat.unlink()
     with pytest.raises(UserError, match=rf"{first}.pt: missing feature file"):
         phone.load_split(root.parent, "train")

@@ -20,7 +20,7 @@ from common.experiments.kfold import kfold_run
 from common.experiments.pipeline import train_run
 from hw.hw3_food import data as food
 from hw.hw3_food.task import FoodTask
-from tests.helpers import ROOT, SHARED, run_cli
+from tests.helpers import ROOT, SHARED, check_cache_write_fails_cleanly, run_cli
 
 FOOD_SAMPLE = SHARED / "hw3" / "food_sample"
 # the tests' reduced recipe: 32x32 crops of a 36x36 cache, a narrow residual net
@@ -338,3 +338,9 @@ def test_a_short_run_on_real_food_photos_beats_chance(tmp_path):
     assert result["best"] > 0.2, result["best"]        # 10 classes seen: chance is 0.1
     ids = pd.read_csv(tmp_path / "run" / "submission.csv", dtype={"Id": str})["Id"]
     assert list(ids) == [f.stem for f in img_cache.image_files(FOOD101 / "test")[:30]]
+
+
+def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing(demo, tmp_path):
+    """the decoded image cache under a real file-size limit (a child process under RLIMIT_FSIZE)."""
+    check_cache_write_fails_cleanly("hw3", demo, str(ROOT / "configs" / "hw3_cpu.toml"),
+                                    tmp_path)

@@ -20,7 +20,7 @@ from hw.hw4_speaker import data as speech
 from hw.hw4_speaker.data import Utterances
 from hw.hw4_speaker.model import SpeakerNet
 from hw.hw4_speaker.task import SpeakerTask, margin_logits
-from tests.helpers import ROOT, SHARED, run_cli
+from tests.helpers import ROOT, SHARED, check_cache_write_fails_cleanly, run_cli
 
 REAL_2021 = SHARED / "hw4" / "2021" / "Dataset"
 
@@ -239,3 +239,22 @@ def test_kfold_dry_run_with_test_time_crops_writes_the_submission(demo, tmp_path
         assert np.bincount(labels[folds["fold"] == k], minlength=40).tolist() == [8] * 40
     fused = torch.load(tmp_path / "kf" / "test_outputs.pt", weights_only=True)["outputs"]
     assert fused.shape == (320, 40)
+
+
+@pytest.mark.skipif(not (REAL_2021 / "testdata.json").is_file(), reason="no real HW4 metadata")
+def test_json_with_a_byte_order_mark_reads_and_another_encoding_is_one_line(tmp_path):
+    dest = tmp_path / "Dataset"
+    dest.mkdir()
+    for name in ("mapping.json", "testdata.json"):
+        (dest / name).write_bytes(b"\xef\xbb\xbf" + (REAL_2021 / name).read_bytes())
+    assert len(speech.load_test(dest)) == 6000 and len(speech.load_speakers(dest)) == 600
+    (dest / "mapping.json").write_bytes((REAL_2021 / "mapping.json").read_text(
+        encoding="utf-8").encode("utf-16"))
+    with pytest.raises(UserError, match=r"mapping.json: UTF-16 text"):
+        speech.load_speakers(dest)
+
+
+def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing(demo, tmp_path):
+    """the packed mel cache under a real file-size limit (a child process under RLIMIT_FSIZE)."""
+    check_cache_write_fails_cleanly("hw4", demo, str(ROOT / "configs" / "hw4_cpu.toml"),
+                                    tmp_path)

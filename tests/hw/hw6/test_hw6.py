@@ -20,7 +20,7 @@ from hw.cli import main as cli_main
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import GanTask, write_archive
-from tests.helpers import ROOT, SHARED, train_in_process
+from tests.helpers import ROOT, SHARED, check_cache_write_fails_cleanly, train_in_process
 
 CPU = str(ROOT / "configs" / "hw6_cpu.toml")
 REAL_FACES = SHARED / "hw6" / "anime_faces"
@@ -331,3 +331,9 @@ def test_a_short_run_on_real_faces_moves_toward_faces_it_never_saw(tmp_path, cap
                          str(tmp_path / run / "submission.tgz"), "--size", "32"]) == 0
         scores.append(float(capsys.readouterr().out.split(": ")[1].split()[0]))
     assert scores[1] < 0.7 * scores[0], scores
+
+
+def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing(demo, tmp_path):
+    """the face cache under a real file-size limit (a child process under RLIMIT_FSIZE)."""
+    check_cache_write_fails_cleanly("hw6", demo, str(ROOT / "configs" / "hw6_cpu.toml"),
+                                    tmp_path)

@@ -313,3 +313,10 @@ def test_an_unreachable_hub_is_one_line_without_the_librarys_retries(monkeypatch
     folder = tmp_path / "my-model"                      # a local folder: loaded as it is
     folder.mkdir()
     assert qa_model.hf_load(lambda name, **kw: (name, kw), str(folder)) == (str(folder), {})
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read(tmp_path):
+    if not REAL_TEST.is_file():
+        pytest.skip("real HW7 test file (../shared/data/hw7/2022) not present")
+    (tmp_path / REAL_TEST.name).write_bytes(b"\xef\xbb\xbf" + REAL_TEST.read_bytes())
+    assert len(qadata.load(tmp_path, "test")) == 4957
