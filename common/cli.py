@@ -36,6 +36,7 @@ from common.scaffold.new import KINDS, new
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
                 errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 TaskRegistry = dict[str, Callable[[], type[Task]]]
+SHARED_COMMANDS = ("list", "runs", "compare", "new")  # build_parser's; no homework takes them
 
 
 def run_parser(prog: str, description: str, what: str = "a finished run"
@@ -228,6 +229,10 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
     nw.add_argument("--root", default=".", metavar="DIR",
                     help="the checkout to write into (default: the current folder)")
     for name in tasks:
+        if name in sub.choices:  # a homework may not shadow a shared command (list, runs, ...)
+            warn_user(f"homework {name!r} has the name of a shared command; it is left out "
+                      "(rename it)")
+            continue
         _add_task_parser(sub, name, titles.get(name, name),
                          getattr(tasks[name], "commands", {}))
     return parser
@@ -494,7 +499,8 @@ def _list(args) -> int:
 
 
 def _new(args) -> int:
-    written = new(args.name, args.kind, Path(args.root), taken=set(args.tasks),
+    written = new(args.name, args.kind, Path(args.root),
+                  taken=set(args.tasks) | set(SHARED_COMMANDS),
                   title=args.title, package=args.package)
     for path in written:
         say(f"wrote {path}")

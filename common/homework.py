@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from common.core.errors import UserError
+from common.core.errors import UserError, warn_user
 
 ENTRY_POINT_GROUP = "mlhw.homeworks"
 
@@ -86,8 +86,15 @@ def discover(package: ModuleType, *, recipes: Path | None = None) -> dict[str, H
     found: dict[str, Homework] = {}
     for info in pkgutil.iter_modules(package.__path__):
         if info.ispkg:
-            entry = getattr(importlib.import_module(f"{package.__name__}.{info.name}"),
-                            "HOMEWORK", None)
+            try:
+                module = importlib.import_module(f"{package.__name__}.{info.name}")
+            except Exception as exc:  # one broken package must not take every command down
+                reason = (str(exc).splitlines() or [""])[0]
+                warn_user(f"{package.__name__}/{info.name}: cannot be imported "
+                          f"({type(exc).__name__}: {reason}); its commands are left out until "
+                          "it is fixed")
+                continue
+            entry = getattr(module, "HOMEWORK", None)
             if isinstance(entry, Homework):
                 if entry.recipes is None:
                     entry.recipes = recipes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import keyword
 import string
+import sys
 from pathlib import Path
 
 from common.core.errors import UserError
@@ -67,7 +68,12 @@ def check_name(name: str, root: Path, taken: set[str], package: str = "") -> Non
             raise UserError(f"new: {what!r} is not a lower-case Python identifier (letters, "
                             "digits and _, not starting with a digit); try e.g. hw8")
     if name in taken:
-        raise UserError(f"new: a homework named {name!r} exists already; choose another name")
+        raise UserError(f"new: {name!r} is taken on the command line already (a homework or a "
+                        "command); choose another name")
+    for what in dict.fromkeys((name, package or name)):
+        if what in sys.stdlib_module_names:
+            raise UserError(f"new: {what!r} is a standard Python module; choose another name, "
+                            "e.g. hw9")
     for path in targets(root, name, package).values():
         if path.exists() or (path.name == "__init__.py" and path.parent.exists()):
             where = path.parent if path.name == "__init__.py" else path

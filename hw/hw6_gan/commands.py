@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import check_options, run_parser
+from common.cli import add_safety_flags, check_options, check_readable, check_replace, run_parser
 from common.core.errors import UserError
+from common.core.owner import command_line, owning
 from common.data.images import image_files, load_images
 from common.engine.plots import plt, read_steps, save_figure
 from common.engine.rundir import RunDir
@@ -37,10 +38,18 @@ def generate_command(argv: list[str], homework: Homework) -> int:
                         help="style generator: pull w toward its mean (1: none; 0.7 is common)")
     parser.add_argument("--seed", type=int, metavar="S",
                         help="another set of latent codes (default: the run's trainer.seed)")
+    add_safety_flags(parser, running=True)
     args = parser.parse_args(argv[1:])
     check_options(args, {"count": {"min": 1}, "truncation": {"min": 0.0, "max": 1.0}})
     out = Path(args.out) if args.out else Path(args.run)
     RunDir(out).check_writable()
+    check_readable([Path(args.run)], args.allow_running)
+    check_replace(out, GanTask.submission_name, args.force)
+    with owning(out, command_line()):
+        return generate(args, out)
+
+
+def generate(args, out: Path) -> int:
     task, model, ckpt = load_run_model(GanTask, args.run, ckpt=args.ckpt)
     if args.truncation is not None:
         task.config["model"] = replace(task.config["model"], truncation=args.truncation)

@@ -132,11 +132,15 @@ def write_archive(images: torch.Tensor, path: Path, folder: Path | None = None,
         raise UserError(f"{path}: {len(arrays)} images do not fit in {limit} bytes even at JPEG "
                         f"quality {QUALITIES[-1]}; generate smaller images (data.image_size)")
     check_archive(packed.getvalue(), len(arrays), arrays.shape[1:3], path)
-    write_bytes_atomic(path, packed.getvalue())
-    if folder is not None:  # replaced whole: no mix of old and new images
-        with building_folder(folder, replace=True) as tmp:
-            for i, jpeg in enumerate(jpegs, 1):
-                (tmp / f"{i}.jpg").write_bytes(jpeg)
+    if folder is None:
+        write_bytes_atomic(path, packed.getvalue())
+        return quality, len(packed.getvalue())
+    # the new images beside the old folder, then the archive, then the folder swapped in: a
+    # write that fails (a full disk) leaves the old archive and images exactly as they were
+    with building_folder(folder, replace=True) as tmp:
+        for i, jpeg in enumerate(jpegs, 1):
+            write_bytes_atomic(tmp / f"{i}.jpg", jpeg)
+        write_bytes_atomic(path, packed.getvalue())
     return quality, len(packed.getvalue())
 
 

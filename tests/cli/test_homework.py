@@ -46,6 +46,43 @@ def test_a_new_package_is_discovered_without_editing_a_list(tmp_path, monkeypatc
         found["hw9"]()                                     # the class must agree
 
 
+def test_a_broken_package_or_a_clashing_name_leaves_the_rest_working(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A package that cannot be imported is one warning, not a traceback in every command; a
+    homework named like a shared command (list) is left out with a warning; `new` refuses the
+    shared commands' names and standard modules, writing nothing."""
+    from common.cli import main as cli_main
+
+    pkg = tmp_path / "brokenhws"
+    for sub, body in (("", ""), ("hw9_ok", 'HOMEWORK = Homework("hw9", "HW9", '
+                                           '"tests.toy:BlobsTask")'),
+                      ("hw10_bad", "import no_such_module_at_all"),
+                      ("listing", 'HOMEWORK = Homework("list", "clash", "x:Y")')):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text(
+            "from common.homework import Homework\n" + body + "\n" if body else "")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import brokenhws
+
+    found = discover(brokenhws)
+    err = capsys.readouterr().err
+    assert list(found) == ["hw9", "list"]
+    assert "warning: brokenhws/hw10_bad: cannot be imported (ModuleNotFoundError: No module " \
+        "named 'no_such_module_at_all'); its commands are left out" in err
+    assert cli_main(found, ["list"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split()[0] == "hw9" and "homework 'list' has the name of a shared command" in err
+    for name, words in (("list", "'list' is taken on the command line already"),
+                        ("runs", "'runs' is taken"), ("json", "'json' is a standard Python "
+                                                              "module")):
+        assert cli_main(found, ["new", name, "--kind", "regression", "--root",
+                                str(tmp_path / "root")]) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines()
+               if not line.startswith("warning: homework 'list'")]
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "root").exists()
+
+
 @pytest.mark.slow
 def test_an_installed_package_declares_a_homework_by_entry_point(tmp_path):
     """A package outside the repository, installed with an "mlhw.homeworks" entry point

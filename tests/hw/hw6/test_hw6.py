@@ -20,7 +20,13 @@ from hw.cli import main as cli_main
 from hw.hw6_gan import data as faces
 from hw.hw6_gan import fid
 from hw.hw6_gan.task import GanTask, write_archive
-from tests.helpers import ROOT, SHARED, check_cache_write_fails_cleanly, train_in_process
+from tests.helpers import (
+    ROOT,
+    SHARED,
+    check_cache_write_fails_cleanly,
+    cli_child,
+    train_in_process,
+)
 
 CPU = str(ROOT / "configs" / "hw6_cpu.toml")
 REAL_FACES = SHARED / "hw6" / "anime_faces"
@@ -337,3 +343,29 @@ def test_a_full_disk_while_writing_the_cache_is_one_line_and_leaves_nothing(demo
     """the face cache under a real file-size limit (a child process under RLIMIT_FSIZE)."""
     check_cache_write_fails_cleanly("hw6", demo, str(ROOT / "configs" / "hw6_cpu.toml"),
                                     tmp_path)
+
+
+def test_generate_replaces_a_submission_only_when_told_and_whole(demo, tmp_path, capsys):
+    """generate over a finished run's submission.tgz refuses without --force; with --force
+    on a nearly full disk (the archive over a real file-size limit) it fails in one line and
+    leaves the old archive and images byte for byte."""
+    run = tmp_path / "run"
+    assert train(demo, run, dry=True) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in
+              [run / "submission.tgz", *sorted((run / "images").iterdir())]}
+    capsys.readouterr()
+    assert cli_main(["hw6", "generate", "--run", str(run), "--seed", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "submission.tgz: exists (a finished submission); pass --force" \
+        in err[0]
+    archive = (run / "submission.tgz").stat().st_size
+    done = cli_child("hw6", "generate", "--run", str(run), "--seed", "7", "--force",
+                     cwd=tmp_path, limit=archive // 2)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert err[-1].startswith("error: ") and "submission.tgz: cannot write (File too large)" \
+        in err[-1], err
+    after = {p.relative_to(run): p.read_bytes() for p in
+             [run / "submission.tgz", *sorted((run / "images").iterdir())]}
+    assert after == before
+    assert not [p for p in tmp_path.rglob(".*") if p.name != ".owner"]  # no staging left
