@@ -34,7 +34,7 @@ from common.scaffold.new import KINDS, new
 
 # what a user's disk or folders cause: disk full, no permission, read-only, a file in the way
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
-                errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+                errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 TaskRegistry = dict[str, Callable[[], type[Task]]]
 SHARED_COMMANDS = ("list", "runs", "compare", "new")  # build_parser's; no homework takes them
 
@@ -301,6 +301,7 @@ def _train(args) -> int:
         name += "-dryrun" if args.dry_run else ""
         run_dir = Path(args.out) if args.out else RunDir.new("runs", task_cls.name, name).path
         run_dir = distributed.broadcast_object(run_dir)  # one name for every rank
+        RunDir(run_dir).check_writable()
         check_not_running(run_dir, " or choose another --out")
         if RunDir(run_dir).config.is_file():
             raise UserError(f"{run_dir}: already holds a run; continue it with "
@@ -553,6 +554,7 @@ def check_readable(runs: list[Path], allow_running: bool) -> None:
 
 def check_replace(out: Path, name: str, force: bool, flag: str = "--out") -> None:
     """A finished file in the output folder is replaced only with --force."""
+    RunDir(out).check_writable(flag)
     if (out / name).exists() and not force:
         raise UserError(f"{out / name}: exists (a finished submission); pass --force to "
                         f"replace it, or {flag} DIR to write elsewhere")

@@ -179,6 +179,15 @@ def building_folder(folder: str | Path, *, replace: bool = False) -> Iterator[Pa
     stage.mkdir()
     try:
         yield stage
+        if not replace:  # rename fails if another process filled `folder` meanwhile
+            try:
+                os.replace(stage, folder)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise FileExistsError(errno.EEXIST, "filled by another process meanwhile; "
+                                      "nothing of it was replaced", str(folder)) from None
+            return
         aside = sibling("old") if folder.exists() else None
         if aside is not None:
             os.replace(folder, aside)

@@ -39,6 +39,10 @@ class RunDir:
         """Fail now, before any data is read or anything is made, when the run directory
         cannot be created or written where it is asked for."""
         path = self.path
+        longest = max((len(part.encode()) for part in path.parts), default=0)
+        if longest > 255:  # what ext4, APFS and NTFS allow; stat would fail with ENAMETOOLONG
+            raise UserError(f"{str(path)[:60]}...: a name in this path is {longest} bytes long, "
+                            f"over the 255 a file system allows; choose a shorter {flag}")
         if path.exists() and not path.is_dir():
             raise UserError(f"{path}: exists and is not a folder; choose another {flag}")
         ancestor = path

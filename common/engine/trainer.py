@@ -463,7 +463,17 @@ class Trainer:
         ckpt = distributed.broadcast_object(
             load_checkpoint(path, required=("model", "optimizers", "trainer", "rng"))
             if distributed.is_main() else None)
-        self.model.load_state_dict(ckpt["model"])
+        saved, now = (state.get("config", {}).get("model") for state in (ckpt, self.extra_state))
+        if saved is not None and now is not None and saved != now:
+            edits = ", ".join(f"model.{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+                              for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+            raise UserError(f"{path}: written by another [model] than the run's config.toml "
+                            f"now says ({edits}); undo the edit to resume, or start a new run")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise UserError(f"{path}: does not fit this model ({str(exc).splitlines()[0]}); "
+                            "resume with the run's own config, or start a new run") from None
         if self.ema is not None:
             if ckpt.get("ema") is None or ckpt.get("ema_model", "") != self.cfg.ema_model:
                 raise UserError(f"{path}: was written without this trainer.ema setting; "

@@ -45,7 +45,15 @@ def load_run_model(task_cls: type[Task], run_dir: str | Path, *, ckpt: str | Non
         config["predict"] = replace(config["predict"], tta=tta)
     ckpt_path = RunDir(run_dir).checkpoint(ckpt or default_checkpoint(config))
     state = load_checkpoint(ckpt_path)
-    task = task_cls.with_state(config, state.get("task", {}))
+    owner = state.get("task_name", task_cls.name)  # checkpoints before it was kept: unknown
+    if owner != task_cls.name:
+        raise UserError(f"{ckpt_path}: a checkpoint of {owner}, not {task_cls.name}; pass one "
+                        f"from this {task_cls.name} run's checkpoints/")
+    try:
+        task = task_cls.with_state(config, state.get("task", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{ckpt_path}: its fitted state does not fit {task_cls.name} "
+                        f"({type(exc).__name__}: {exc}); pass a checkpoint of this run") from None
     set_cpu_threads(config["trainer"].threads)
     model = task.build_model()
     try:

@@ -111,7 +111,8 @@ def make_trainer(task: Task, model, run_dir: Path | None, callbacks=()) -> Train
     mix = MixBatch(cfg["mix"], task.class_count(), task.label_smoothing)
     return Trainer(model, task, cfg["trainer"], optim=cfg["optim"], sched=cfg["sched"],
                    run_dir=run_dir, callbacks=list(callbacks),
-                   extra_state={"config": config_to_dict(cfg), "task": task.state_dict()},
+                   extra_state={"config": config_to_dict(cfg), "task": task.state_dict(),
+                                "task_name": task.name},
                    batch_transform=mix if mix.enabled else None)
 
 

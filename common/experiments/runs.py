@@ -89,8 +89,16 @@ def run_config(tasks, hw: str, run: RunDir) -> dict[str, Any]:
     try:
         return flat(config_to_dict(load_config(task_cls.schema(), run.config)))
     except UserError:  # a config from an older version: compare what it says
-        raw = tomllib.loads(read_text(run.config))
+        raw = raw_config(run)
         return flat({s: v for s, v in raw.items() if isinstance(v, dict)})
+
+
+def raw_config(run: RunDir) -> dict[str, Any]:
+    try:
+        return tomllib.loads(read_text(run.config))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{run.config}: not valid TOML ({exc}); fix it or move the run "
+                        "away") from None
 
 
 def metric_mode(task_cls, config: dict[str, Any], metric: str) -> str:
@@ -116,7 +124,13 @@ def table(tasks, root: str | Path, *, hw: str | None = None, sort: str | None = 
             continue
         if name not in defaults:
             defaults[name] = default_config(tasks, name)
-        config = run_config(tasks, name, run)
+        try:
+            config = run_config(tasks, name, run)
+        except UserError as exc:  # one broken run folder: a row that says so, not a crash
+            rows.append({"hw": name, "run": str(run.path.relative_to(root)), "mode": "min",
+                         "date": "-", "state": "unreadable", "metric": "-", "best": math.nan,
+                         "step": math.nan, "changes": str(exc)})
+            continue
         metric = sort or str(config.get("trainer.monitor", "valid_loss"))
         mode = metric_mode(tasks[name](), config, metric)
         oof = kfold_value(run, metric)
@@ -162,7 +176,7 @@ def _hw_of(tasks, run: RunDir) -> str:
     for part in reversed(run.path.resolve().parts):
         if part in tasks:
             return part
-    raw = tomllib.loads(read_text(run.config))
+    raw = raw_config(run)
     for hw in tasks:  # the homework whose schema reads the config
         try:
             load_config(tasks[hw]().schema(), run.config)

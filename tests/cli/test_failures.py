@@ -80,6 +80,19 @@ CASES = [
      ["predict.ckpt='/no/such.pt': no such checkpoint file"]),
     ("nan learning rate", no_setup, [*TRAIN, "--set", "optim.lr=nan"],
      ["optim.lr", "nan is not a number"]),
+    ("resume after editing the model", lambda ws: edit(
+        ws / "run" / "config.toml", lambda lines: [
+            "hidden = [7]" if line.startswith("hidden =") else line for line in lines]),
+     ["hw1", "train", "--resume", "run"],
+     ["last.pt: written by another [model] than the run's config.toml now says (model.hidden: "
+      "[16, 8] -> [7])"]),
+    ("a checkpoint of another homework", lambda ws: torch.save(
+        {**torch.load(ws / "run" / "checkpoints" / "best.pt", weights_only=False),
+         "task_name": "hw8"}, ws / "other.pt"),
+     ["hw1", "predict", "--run", "run", "--ckpt", "other.pt", "--force"],
+     ["other.pt: a checkpoint of hw8, not hw1"]),
+    ("a 300-character --out", no_setup, [*TRAIN[:-2], "x" * 300, "--dry-run"],
+     ["a name in this path is 300 bytes long, over the 255 a file system allows"]),
     ("a UTF-16 config", lambda ws: (ws / "c.toml").write_bytes(
         "[trainer]\nepochs = 2\n".encode("utf-16")), [*TRAIN, "--config", "c.toml"],
      ["c.toml: UTF-16 text; save the config as UTF-8"]),
@@ -599,3 +612,20 @@ def test_a_config_with_a_byte_order_mark_is_read(ws, capsys):
     (ws / "c.toml").write_bytes(b"\xef\xbb\xbf[trainer]\nepochs = 1\n")
     assert main([*TRAIN, "--config", "c.toml"]) == 0
     assert "epochs = 1" in (ws / "new" / "config.toml").read_text()
+
+
+def test_runs_and_compare_survive_a_broken_run_folder(ws, capsys):
+    """`runs` shows a run whose config.toml is broken as unreadable and lists the rest;
+    `compare` of it is one line."""
+    root = ws / "runs" / "hw1"
+    for name in ("good", "bad"):
+        shutil.copytree(ws / "run", root / name)
+    (root / "bad" / "config.toml").write_text("garbage [[\n")
+    capsys.readouterr()
+    assert main(["runs", "--root", str(ws / "runs")]) == 0
+    table = capsys.readouterr().out.splitlines()[1:]
+    rows = {line.split()[0]: line.split()[3 if "good" in line else 2] for line in table}
+    assert rows == {"hw1/good": "finished", "hw1/bad": "unreadable"}
+    assert main(["compare", str(root / "good"), str(root / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad/config.toml: not valid TOML" in err[0]

@@ -96,3 +96,31 @@ def test_ragged_rows_are_the_rows_it_was_built_from():
     assert [m.tolist() for m in (mels[i] for i in range(4))] == \
         [p.tolist() for p in np.split(frames, [3, 3, 5])]
     assert offsets_of([]).tolist() == [0] and len(Ragged.from_rows([], np.int32)) == 0
+
+
+def test_a_folder_filled_by_another_process_meanwhile_is_never_replaced(tmp_path):
+    """Two writers of one output (two `hw4 featurize --out SAME`): the second to finish fails
+    and the first one's files stay; nothing of the second is left beside them."""
+    folder = tmp_path / "Dataset"
+    with pytest.raises(FileExistsError, match="filled by another process meanwhile"):
+        with building_folder(folder) as stage:
+            (stage / "second.json").write_text("{}")
+            folder.mkdir()                                  # the other writer finished first
+            (folder / "first.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["Dataset"]
+    assert [p.name for p in folder.iterdir()] == ["first.json"]
+
+
+def test_read_text_takes_a_byte_order_mark_and_names_another_encoding(tmp_path):
+    from common.core.errors import UserError
+    from common.core.io import read_text
+
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbfid,x\n1,2\n")
+    assert read_text(path) == "id,x\n1,2\n"
+    path.write_bytes("id\ncafé\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"a.txt: line 2 is not UTF-8 text"):
+        read_text(path)
+    path.write_bytes("id\n".encode("utf-16"))
+    with pytest.raises(UserError, match=r"a.txt: UTF-16 text"):
+        read_text(path)
