@@ -351,6 +351,7 @@ def _tune(args) -> int:
         if args.config or args.overrides or args.data or args.demo or args.out:
             raise UserError("--resume continues a study with its saved study.json; pass "
                             "--resume STUDY_DIR (with --workers, --trials or --timeout at most)")
+        check_not_running(Path(args.resume))
         study = Study.load(Path(args.resume))
         for key in ("trials", "timeout"):
             if getattr(args, key) is not None:
@@ -383,9 +384,15 @@ def _tune(args) -> int:
         study.save()
     say(f"study: {study.folder} ({study.storage}, {study.trials} trials, {study.sampler}, "
         f"pruner {study.pruner})")
-    result = tune(task_cls, study, resume=bool(args.resume), workers=args.workers,
-                  task_path=f"{task_cls.__module__}:{task_cls.__name__}",
-                  ensemble_top=args.ensemble_top)
+    try:
+        with owning(Path(study.folder), command_line()):
+            result = tune(task_cls, study, resume=bool(args.resume), workers=args.workers,
+                          task_path=f"{task_cls.__module__}:{task_cls.__name__}",
+                          ensemble_top=args.ensemble_top)
+    except KeyboardInterrupt as exc:
+        print(f"{interrupted(exc)}; continue the study with: {command_name()} "
+              f"{task_cls.name} tune --resume {study.folder}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     print(format_table(result["table"]))
     say(f"trials: {Path(study.folder) / 'trials.csv'}")
     if result["best"] is not None:

@@ -51,7 +51,26 @@ def _optuna():
         raise UserError("tune needs Optuna: pip install optuna (or pip install -e '.[tune]')") \
             from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in optuna.logging.get_logger("optuna").handlers:
+        if not any(isinstance(f, _NotForAnInterrupt) for f in handler.filters):
+            handler.addFilter(_NotForAnInterrupt())
     return optuna
+
+
+class _NotForAnInterrupt:
+    """Drops Optuna's two "Trial N failed" warnings (a 30-line traceback) for a trial that
+    Ctrl-C or a stop signal ended: the command line says that in one line."""
+
+    def __init__(self):
+        self.trials: set[str] = set()
+
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        trial = text.split()[1] if text.startswith("Trial ") else ""
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.trials.add(trial)
+            return False
+        return not (trial in self.trials and "failed with value" in text)
 
 
 def check_storage(url: str) -> None:

@@ -350,3 +350,27 @@ def test_a_kfold_objective_is_the_out_of_fold_metric(tmp_path, recipe, hw1_demo)
         with open(Path(row["run_dir"]) / "kfold.csv", newline="") as fh:
             overall = [r for r in csv.DictReader(fh) if r["fold"] == "all"][0]
         assert float(row["value"]) == pytest.approx(float(overall["mse"]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_trial_is_one_line_that_says_how_to_continue(hw1_demo, tmp_path):
+    """Optuna logs a 30-line traceback for a trial that Ctrl-C ended; the user gets one line."""
+    import signal
+    import time
+
+    study = tmp_path / "study"
+    child = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run.py"), "hw1", "tune",
+                              "--data", str(hw1_demo), "--out", str(study), "--trials", "3",
+                              "--set", "trainer.print_every_evals=1000000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(study.glob("trials/*/steps.csv")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and "Traceback" not in out + err, (out + err)[-3000:]
+    assert err.strip().splitlines() == [f"interrupted; continue the study with: python "
+                                        f"{ROOT / 'scripts' / 'run.py'} hw1 tune --resume {study}"]
