@@ -18,7 +18,13 @@ import torch
 from common.core import distributed
 from common.core.config import Config, config_to_dict, save_config
 from common.core.errors import Terminated, UserError
-from common.core.runtime import Salt, derive_seed, seed_everything, set_cpu_threads
+from common.core.runtime import (
+    Salt,
+    choose_device,
+    derive_seed,
+    seed_everything,
+    set_cpu_threads,
+)
 from common.data.mix import MixBatch
 from common.engine.checkpoint import average_checkpoints, load_checkpoint, prediction_weights
 from common.engine.fusion import check_fusable, fuse, save_outputs
@@ -231,6 +237,7 @@ def check_run_config(task_cls: type[Task], config: Config) -> None:
     """What a config asks that the run could only find out late: averaging more checkpoints
     than it keeps, accumulation for a task that cannot accumulate."""
     check_accumulation(task_cls, config["trainer"])
+    choose_device(config["trainer"].device)  # a device this machine lacks: now, not mid-run
     count, kept = config["predict"].average, config["trainer"].keep_checkpoints
     ckpt = config["predict"].ckpt
     if count == 0 and ckpt not in ("best", "last") and not Path(ckpt).is_file():

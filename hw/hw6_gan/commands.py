@@ -80,7 +80,7 @@ def read_image_set(path: Path, size: int) -> np.ndarray:
                 members = [m for m in tar.getmembers() if m.isfile()]
                 arrays = [np.asarray(Image.open(tar.extractfile(m)).convert("RGB")
                                      .resize((size, size)), dtype=np.uint8) for m in members]
-        except (tarfile.TarError, OSError) as exc:
+        except (tarfile.TarError, OSError, EOFError) as exc:  # EOFError: a truncated .tgz
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
             raise UserError(f"{path}: unreadable archive ({reason}); pass a .tgz of images or "
                             "a folder") from None

@@ -93,6 +93,8 @@ CASES = [
      ["other.pt: a checkpoint of hw8, not hw1"]),
     ("a 300-character --out", no_setup, [*TRAIN[:-2], "x" * 300, "--dry-run"],
      ["a name in this path is 300 bytes long, over the 255 a file system allows"]),
+    ("cuda on a machine without one", no_setup, [*TRAIN, "--set", 'trainer.device="cuda"'],
+     ["cuda"]),
     ("a UTF-16 config", lambda ws: (ws / "c.toml").write_bytes(
         "[trainer]\nepochs = 2\n".encode("utf-16")), [*TRAIN, "--config", "c.toml"],
      ["c.toml: UTF-16 text; save the config as UTF-8"]),
@@ -629,3 +631,13 @@ def test_runs_and_compare_survive_a_broken_run_folder(ws, capsys):
     assert main(["compare", str(root / "good"), str(root / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad/config.toml: not valid TOML" in err[0]
+
+
+def test_demo_data_under_a_real_file_size_limit_leaves_nothing(tmp_path):
+    """hw4 demo-data on a full disk left 29 partial files: now one line, and no folder."""
+    done = cli_child("hw4", "demo-data", "--dest", str(tmp_path / "demo"), cwd=tmp_path,
+                     limit=20_000)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(err) == 1 and ".wav: cannot write (File too large)" in err[0], err
+    assert list(tmp_path.iterdir()) == []

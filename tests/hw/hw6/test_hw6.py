@@ -258,6 +258,9 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
     (broken / "3.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     junk = tmp_path / "junk.tgz"
     junk.write_bytes(b"not an archive at all")
+    cut = tmp_path / "cut.tgz"   # a download that stopped half way
+    write_archive(demo_faces(demo, size=32, n=100), tmp_path / "whole.tgz")
+    cut.write_bytes((tmp_path / "whole.tgz").read_bytes()[:5000])
     cases = [
         (["train", "--data", str(empty), "--config", CPU, "--out", str(tmp_path / "r1")],
          "no faces/ folder of images"),
@@ -278,6 +281,8 @@ def test_bad_inputs_stop_with_one_line(demo, tmp_path, capsys):
         (["fid", "--real", str(demo), "--fake", str(tmp_path / "none.tgz")],
          "neither a folder of images nor a .tgz"),
         (["fid", "--real", str(demo), "--fake", str(junk)], "junk.tgz: unreadable archive"),
+        (["fid", "--real", str(demo), "--fake", str(cut)], "cut.tgz: unreadable archive "
+         "(Compressed file ended before the end-of-stream marker was reached)"),
     ]
     for argv, expected in cases:
         code = cli_main(["hw6", *argv])
