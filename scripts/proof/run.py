@@ -5,25 +5,27 @@ part and scored on held-out real data, at a CPU budget; the table goes to docs/p
 picture to docs/img/proof.png.
 
     python scripts/proof/run.py                      # every rung whose data is there (~60 min)
-    python scripts/proof/run.py --only hw3 hw5       # some homeworks
+    python scripts/proof/run.py --only hw3 hw5       # some homeworks (the others' rows kept)
     python scripts/proof/run.py --data-root DIR      # real data elsewhere (default ../shared/data)
     python scripts/proof/run.py --dry-run --docs D   # two batches per rung: checks the plumbing
 
 Each rung is an ordinary command of the project (`hwN train` or `hwN kfold`, then `hw6 fid`),
 run in a child process under runs/proof/<time>/<rung>/, which keeps its submission. The wall
 time and peak memory (the child's maximum resident set) are measured here. A rung whose data is
-missing is skipped and said so; the documents are replaced only when every rung that ran
-finished."""
+missing is skipped and said so. Each rung's result (with its commit and date) is kept in
+docs/proof.json; a run replaces the rows of the rungs it ran, and proof.md and proof.png are
+written from all rows, only when every rung that ran finished."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +49,6 @@ class Rung:
     scaled: str = ""        # what differs from the recipe file, in words
     sets: tuple[str, ...] = ()
     command: str = "train"  # or kfold (HW1's 5-fold cross-validation)
-    extra: tuple[str, ...] = field(default=())
 
 
 HW3 = "hw3/food101/food11"
@@ -72,7 +73,8 @@ RUNGS = [
          "4096 tokens without accumulation, as ours; the constant lr 2e-3 the course notebook "
          "ran (its warmup is a TODO); 6 epochs instead of 15, the mean of the last 3",
          sets=("model.rnn_hidden=256", "data.max_tokens=4096", "trainer.accum_steps=1",
-               'sched.name="constant"', "optim.lr=2e-3", "trainer.epochs=6",
+               'sched.name="constant"', "sched.warmup_steps=0", "optim.lr=2e-3",
+               "trainer.epochs=6",
                "predict.average=3", "trainer.keep_checkpoints=3", "data.valid_ratio=0.02")),
     Rung("hw5", "hw5_cpu (ours)", False, "configs/hw5_cpu.toml", HW5, "valid BLEU", True, 15,
          scaled="6 epochs instead of 12", sets=("trainer.epochs=6",)),
@@ -149,32 +151,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def table(results: list[dict], started: str, dry_run: bool) -> str:
+def table(rows: list[dict], dry_run: bool) -> str:
+    commits = sorted({f"{r['commit']} ({r['date']})" for r in rows})
     lines = [
         "# Proof on real data",
         "",
         "Written by `make proof` (`scripts/proof/run.py`): each rung trained on the real "
         "training part and scored on held-out real data, on this project's 2-core CPU "
-        "machine (no GPU). Commit " + results[0]["commit"] + f", started {started}."
+        "machine (no GPU). Measured at commit " + ", ".join(commits) + "."
         + (" **Dry run: two batches per rung; the numbers mean nothing.**" if dry_run else ""),
         "",
         "| homework | data (real or proxy) | rung | recipe | scaled for the CPU | metric | value "
         "| vs course sample | wall | peak memory | budget |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        rung: Rung = r["rung"]
-        base = next((x for x in results if x["rung"].hw == rung.hw and x["rung"].course), None)
+    for r in rows:
+        base = next((x for x in rows if x["hw"] == r["hw"] and x["course"]), None)
         margin = ""
-        if base is not None and not rung.course:
+        if base is not None and not r["course"]:
             diff = r["value"] - base["value"]
-            margin = f"{diff:+.3f}" + (" (better)" if (diff > 0) == rung.higher_is_better
-                                       and diff != 0 else " (worse)")
-        sets = " ".join(f"`{s}`" for s in rung.sets)
+            better = diff != 0 and (diff > 0) == r["higher_is_better"]
+            margin = f"{diff:+.3f} ({'better' if better else 'worse'})"
+        sets = " ".join(f"`{s}`" for s in r["sets"])
         lines.append(
-            f"| {rung.hw} | {DATASETS[rung.hw]} | {rung.name} | `{rung.config}` {sets} | "
-            f"{rung.scaled or 'no'} | {rung.metric} | {r['value']:.3f} | {margin} | "
-            f"{r['wall'] / 60:.1f} min | {r['peak']:.0f} MiB | {rung.budget_min} min |")
+            f"| {r['hw']} | {DATASETS[r['hw']]} | {r['name']} | `{r['config']}` {sets} | "
+            f"{r['scaled'] or 'no'} | {r['metric']} | {r['value']:.3f} | {margin} | "
+            f"{r['wall'] / 60:.1f} min | {r['peak']:.0f} MiB | {r['budget_min']} min |")
     lines += ["", NOTES]
     return "\n".join(lines) + "\n"
 
@@ -206,23 +208,23 @@ These are proxies of the course's sets (HW3, HW5, HW6) at CPU scale: they show t
 from the course sample to our recipe holds on real inputs, not what Kaggle will say."""
 
 
-def picture(results: list[dict], dest: Path) -> None:
+def picture(rows: list[dict], dest: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hws = list(dict.fromkeys(r["rung"].hw for r in results))
+    hws = list(dict.fromkeys(r["hw"] for r in rows))
     fig, axes = plt.subplots(1, len(hws), figsize=(3.6 * len(hws), 3.4), squeeze=False)
     for ax, hw in zip(axes[0], hws, strict=True):
-        rows = [r for r in results if r["rung"].hw == hw]
-        names = [r["rung"].name.replace(" (", "\n(").replace(", ", ",\n") for r in rows]
-        colors = ["#999999" if r["rung"].course else "#1f77b4" for r in rows]
-        ax.bar(range(len(rows)), [r["value"] for r in rows], color=colors)
-        ax.set_xticks(range(len(rows)), names, fontsize=7)
-        better = "higher" if rows[0]["rung"].higher_is_better else "lower"
-        ax.set_title(f"{hw}: {rows[0]['rung'].metric}\n({better} is better)", fontsize=9)
-        for i, r in enumerate(rows):
+        mine = [r for r in rows if r["hw"] == hw]
+        names = [r["name"].replace(" (", "\n(").replace(", ", ",\n") for r in mine]
+        colors = ["#999999" if r["course"] else "#1f77b4" for r in mine]
+        ax.bar(range(len(mine)), [r["value"] for r in mine], color=colors)
+        ax.set_xticks(range(len(mine)), names, fontsize=7)
+        better = "higher" if mine[0]["higher_is_better"] else "lower"
+        ax.set_title(f"{hw}: {mine[0]['metric']}\n({better} is better)", fontsize=9)
+        for i, r in enumerate(mine):
             ax.annotate(f"{r['value']:.3g}", (i, r["value"]), ha="center", va="bottom",
                         fontsize=8)
     fig.suptitle("Real data: course sample (grey) against our rungs (blue)", fontsize=10)
@@ -231,6 +233,14 @@ def picture(results: list[dict], dest: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(dest)
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of every rung, in RUNGS order: this run's where it ran the rung, else the
+    earlier run's (a rung no longer in RUNGS is dropped)."""
+    rows = {(r["hw"], r["name"]): r for r in old}
+    rows.update({(r["hw"], r["name"]): r for r in new})
+    return [rows[(r.hw, r.name)] for r in RUNGS if (r.hw, r.name) in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,16 +282,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rung.hw} {rung.name}: failed (exit {code}); see {log}", flush=True)
             return 1
         value, more_wall, more_peak = score(rung, run, unseen or data, log)
-        results.append({"rung": rung, "value": value, "wall": wall + more_wall,
-                        "peak": max(peak, more_peak), "commit": rev})
+        results.append({**asdict(rung), "value": value, "wall": wall + more_wall,
+                        "peak": max(peak, more_peak), "commit": rev, "date": started,
+                        "run": str(run)})
         print(f"{rung.hw} {rung.name}: {rung.metric} {value:.4f}, {wall / 60:.1f} min, "
               f"{peak:.0f} MiB", flush=True)
     if not results:
         print(f"no real data under {args.data_root}: nothing proved")
         return 0
     (args.docs / "img").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.docs / "proof.md", table(results, started, args.dry_run))
-    picture(results, args.docs / "img" / "proof.png")
+    kept = args.docs / "proof.json"
+    old = json.loads(kept.read_text(encoding="utf-8")) if kept.is_file() and not args.dry_run \
+        else []
+    rows = merged(old, results)
+    write_text_atomic(kept, json.dumps(rows, indent=1) + "\n")
+    write_text_atomic(args.docs / "proof.md", table(rows, args.dry_run))
+    picture(rows, args.docs / "img" / "proof.png")
     print(f"wrote {args.docs / 'proof.md'} and {args.docs / 'img' / 'proof.png'} "
           f"(runs in {out})")
     return 0
