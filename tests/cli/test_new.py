@@ -151,7 +151,7 @@ def test_new_refuses_bad_names_and_taken_targets_writing_nothing(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert tree(root) == before and (root / "configs" / "hw9.toml").read_text() == "# mine\n"
     taken = run_cli("new", "hw1", "--kind", "regression")  # an existing homework's name
-    assert taken.returncode == 2 and "exists already" in taken.stderr
+    assert taken.returncode == 2 and "is taken on the command line already" in taken.stderr
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
     assert tree(root) == before
     # a full disk for real: files of at most 2000 bytes; task.py is larger

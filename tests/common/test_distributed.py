@@ -161,7 +161,7 @@ def test_cli_kfold_under_torchrun_makes_one_run_directory(tmp_path):
     runs = list((tmp_path / "runs" / "hw1").iterdir())  # one name, chosen by rank 0
     assert len(runs) == 1 and res.stdout.count("run directory:") == 1
     assert sorted(p.name for p in runs[0].iterdir()) == [
-        "config.toml", "fold-1", "fold-2", "folds.csv", "kfold.csv", "log.txt", "oof.pt",
+        ".owner", "config.toml", "fold-1", "fold-2", "folds.csv", "kfold.csv", "log.txt", "oof.pt",
         "pred.csv", "status.json", "test_outputs.pt"]
     assert res.stdout.count("out-of-fold") == 1
     held_out = pd.read_csv(runs[0] / "kfold.csv")["held_out"].astype(int)

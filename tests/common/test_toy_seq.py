@@ -286,6 +286,7 @@ def test_ensemble_and_tta_refuse_token_predictions(digits, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "tokens, which cannot be fused" in err[0], err
     assert not (tmp_path / "fused").exists()
-    code = main(registry, ["toyseq", "predict", "--run", str(tmp_path / "run"), "--tta", "2"])
+    code = main(registry, ["toyseq", "predict", "--run", str(tmp_path / "run"), "--tta", "2",
+                           "--force"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot be fused" in err[0], err

@@ -81,7 +81,7 @@ def test_a_study_writes_its_database_and_trial_table(tmp_path, recipe, hw1_demo,
     saved = tomllib.loads((Path(winner["run_dir"]) / "config.toml").read_text())
     assert str(saved["model"]["hidden"]).replace(" ", "") == winner["model.hidden"].replace(
         " ", "") and saved["optim"]["lr"] == pytest.approx(float(winner["optim.lr"]))
-    assert cli_main(["hw1", "predict", "--run", winner["run_dir"]]) == 0
+    assert cli_main(["hw1", "predict", "--run", winner["run_dir"], "--force"]) == 0
     assert "kaggle competitions submit -c ml2022spring-hw1" in capsys.readouterr().out
     assert (study / "ensemble-top2" / "pred.csv").is_file()
 

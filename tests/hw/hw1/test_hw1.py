@@ -184,7 +184,7 @@ def test_cli_dry_run_predict_and_list(hw1_demo, tmp_path):
     again = run_cli("hw1", "predict", "--run", str(run))
     assert again.returncode == 0, again.stderr
     assert (run / "pred.csv").read_text() == first
-    last = run_cli("hw1", "predict", "--run", str(run), "--ckpt", "last")
+    last = run_cli("hw1", "predict", "--run", str(run), "--ckpt", "last", "--force")
     assert last.returncode == 0, last.stderr
     listing = run_cli("list")
     assert listing.returncode == 0 and "hw1" in listing.stdout

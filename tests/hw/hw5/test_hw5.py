@@ -71,7 +71,7 @@ def test_bad_files_give_one_clear_error(tmp_path, demo):
     with pytest.raises(UserError, match="raw.zh: 1 lines but raw.en has 2"):
         mt.load_corpus(tmp_path)
     (tmp_path / "raw.zh").write_bytes("一\n".encode() + b"\xff\xfe\n")
-    with pytest.raises(UserError, match="raw.zh: line 2 is not valid UTF-8"):
+    with pytest.raises(UserError, match="raw.zh: line 2 is not UTF-8 text"):
         mt.load_corpus(tmp_path)
     (tmp_path / "raw.zh").write_text("一\n二\n")
     with pytest.raises(UserError, match="no test/test.en or test.raw.en"):

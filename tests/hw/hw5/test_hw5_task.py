@@ -58,7 +58,7 @@ def test_transformer_learns_the_demo_and_beam_is_at_least_greedy(demo, tmp_path)
 
 @pytest.mark.parametrize("case,expected", [
     ("mismatch", "raw.zh: 2 lines but raw.en has 3"),
-    ("utf8", "raw.en: line 2 is not valid UTF-8"),
+    ("utf8", "raw.en: line 2 is not UTF-8 text"),
     ("no test", "no test/test.en or test.raw.en"),
 ])
 def test_bad_inputs_stop_with_one_line(tmp_path, capsys, case, expected):
