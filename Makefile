@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench/hw8_pipeline.py
 	$(PY) scripts/bench/hw1_tune.py
 	$(PY) scripts/bench/ranking.py
+	$(PY) scripts/bench/real_cost.py
 
 # the GPU recipes; meant for a CUDA machine (minutes there), hours on a CPU
 bench-gpu: $(STAMP)

@@ -13,6 +13,7 @@ An update's time is (fit of 2N updates - fit of N updates) / N, so start-up, the
 evaluation and caches drop out. Evaluation and the test set's prediction are not counted.
 
 Usage: python scripts/bench/real_cost.py [--only hw2 hw3] [--updates 10] [--threads 0]
+                                          [--hw2-data DIR]
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ def task_class(hw: str):
     return FoodTask
 
 
-def data_for(hw: str, scratch: Path) -> Path | None:
+def data_for(hw: str, scratch: Path, hw2_data: Path | None) -> Path | None:
     if hw == "hw3":
         food = SHARED / "hw3" / "food101"
         return food if (food / "food11" / "training").is_dir() else None
     from hw.hw2_phoneme.data import write_demo_data
 
-    print("hw2: writing a synthetic libriphone at the real scale (a minute)...", flush=True)
-    return write_demo_data(scratch / "hw2", n_train=4286, n_test=2)
+    folder = hw2_data or scratch / "hw2"
+    if (folder / "libriphone" / "train_labels.txt").is_file():
+        return folder
+    print(f"hw2: writing a synthetic libriphone at the real scale into {folder} (a few "
+          "minutes)...", flush=True)
+    return write_demo_data(folder, n_train=4286, n_test=2)
 
 
 def seconds_per_update(hw: str, recipe: str, data: Path, scratch: Path, updates: int
@@ -83,12 +88,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(PLANS), default=list(PLANS))
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--hw2-data", type=Path, metavar="DIR",
+                        help="keep the real-scale synthetic libriphone here (reused when there)")
     args = parser.parse_args()
     set_cpu_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="mlhw-cost-") as scratch:
         for hw in args.only:
             recipes, items, unit = PLANS[hw]
-            data = data_for(hw, Path(scratch))
+            data = data_for(hw, Path(scratch), args.hw2_data)
             if data is None:
                 print(f"{hw}: skipped, its real data is not in {SHARED}")
                 continue
