@@ -212,7 +212,10 @@ NOTES = """How each value is measured:
   faces the GAN never saw, both at 64 x 64 (`hw6 fid`). AFD is not measured: it needs OpenCV and
   the anime-face cascade file, which this machine cannot download.
 - **wall** is the whole command (reading, training, predicting the test set, writing) on 2 cores;
-  **peak memory** the child process's maximum resident set.
+  **peak memory** the child process's maximum resident set. The machine is shared: a job beside
+  a rung can double its wall time (HW1's rows of 2026-12-07 ran beside the test suite; alone,
+  `scripts/bench/hw1_cv.py` takes 192 s and 42 s for the same two recipes), never its value:
+  every rung is seeded and gave the same value when run again.
 These are proxies of the course's sets (HW3, HW5, HW6) at CPU scale: they show that the climb
 from the course sample to our recipe holds on real inputs, not what Kaggle will say."""
 
