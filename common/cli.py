@@ -279,6 +279,7 @@ def _train(args) -> int:
             raise UserError("--resume continues a run with its saved config.toml and data; "
                             "pass --resume RUN_DIR alone")
         run_dir = Path(args.resume)
+        RunDir(run_dir).check_writable()
         check_not_running(run_dir)
         check_run_kind(run_dir, task_cls.name, args.action)
         marker = RunDir(run_dir).config if kfold else RunDir(run_dir).last
@@ -307,7 +308,6 @@ def _train(args) -> int:
             raise UserError(f"{run_dir}: already holds a run; continue it with "
                             f"{task_cls.name} {run_kind(run_dir)} --resume {run_dir} or choose "
                             "another --out")
-    RunDir(run_dir).check_writable()   # as the run checks them: the folder, then the data
     data_dir_of(task_cls(config), getattr(args.homework, "download_hint", ""))
     resume_hint = f"{command_name()} {task_cls.name} {args.action} --resume {run_dir}"
     try:

@@ -42,9 +42,8 @@ def generate_command(argv: list[str], homework: Homework) -> int:
     args = parser.parse_args(argv[1:])
     check_options(args, {"count": {"min": 1}, "truncation": {"min": 0.0, "max": 1.0}})
     out = Path(args.out) if args.out else Path(args.run)
-    RunDir(out).check_writable()
     check_readable([Path(args.run)], args.allow_running)
-    check_replace(out, GanTask.submission_name, args.force)
+    check_replace(out, GanTask.submission_name, args.force)  # checks that out is writable
     with owning(out, command_line()):
         return generate(args, out)
 
