@@ -239,16 +239,22 @@ def build_parser(tasks: TaskRegistry, titles: dict[str, str]) -> argparse.Argume
 
 
 def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
-    """The demo data folder, written once (generation is deterministic)."""
+    """The demo data folder, written once (generation is deterministic) and again when the
+    homework's generator changed (its `demo_version`, kept in the folder's marker)."""
     path = Path(dest or f"data/demo/{task_cls.name}")
     marker = path / ".complete"
-    if not marker.exists() and distributed.is_main():
-        if path.is_dir() and any(path.iterdir()):
+    done = "demo data complete" + (f" (version {task_cls.demo_version})"
+                                   if task_cls.demo_version > 1 else "") + "\n"
+    stale = marker.is_file() and marker.read_text() != done
+    if (stale or not marker.exists()) and distributed.is_main():
+        if not stale and path.is_dir() and any(path.iterdir()):
             raise UserError(f"{path}: holds files but no finished demo data; remove it or "
                             "choose another --dest")
+        if stale:
+            say(f"{path}: demo data of an older generator; writing it again")
         with building_folder(path, replace=True) as stage:  # whole, or not there at all
             task_cls.write_demo_data(stage)
-            (stage / ".complete").write_text("demo data complete\n")
+            (stage / ".complete").write_text(done)
     distributed.barrier()  # under torchrun the other ranks wait for rank 0's files
     return path
 

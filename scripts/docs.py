@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HOMEWORKS = ["hw1", "hw2", "hw3", "hw4", "hw5", "hw6", "hw7", "hw8"]
 # the CPU recipe of a homework whose --demo runs its GPU recipe
-CPU_RECIPE = {"hw2": "configs/hw2_cpu.toml", "hw3": "configs/hw3_cpu.toml",
+CPU_RECIPE = {"hw3": "configs/hw3_cpu.toml",
               "hw4": "configs/hw4_cpu.toml"}
 
 

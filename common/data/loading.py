@@ -125,23 +125,30 @@ class LengthBatchSampler(Sampler):
     function of (seed, epoch), and `start_batch` skips what a resumed run consumed. Under
     torchrun, training (`even`) pads the batch list to a multiple of the world size and rank r
     takes every world-th batch; evaluation gives rank r the r-th contiguous block of batches,
-    nothing repeated. An item longer than the budget forms a batch of its own."""
-
-    in_order = False  # the trainer puts predictions back into dataset order
+    nothing repeated. An item longer than the budget forms a batch of its own. With
+    sort=False the items are packed in their own order (in dataset order unless shuffled), and
+    unshuffled batches then list the items in dataset order (`in_order`)."""
 
     def __init__(self, lengths, *, max_tokens: int = 0, batch_size: int = 0,
-                 shuffle: bool, seed: int = 0, as_tensor: bool = False, rank: int = 0,
-                 world: int = 1, even: bool = True):
+                 shuffle: bool, sort: bool = True, seed: int = 0, as_tensor: bool = False,
+                 rank: int = 0, world: int = 1, even: bool = True):
         if max_tokens < 1 and batch_size < 1:
             raise UserError("a length-bucketed batch needs max_tokens or batch_size (>= 1)")
         lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
-        self.shuffle, self.seed, self.as_tensor = shuffle, seed, as_tensor
+        self.shuffle, self.sort, self.seed, self.as_tensor = shuffle, sort, seed, as_tensor
         self.rank, self.world, self.even = rank, world, even
         self.epoch, self.start_batch = 0, 0
-        ties = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)) \
+        order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)) \
             if shuffle else torch.arange(len(lengths))
-        order = ties[torch.sort(lengths[ties], stable=True).indices]
+        if sort:  # ties keep the seeded order
+            order = order[torch.sort(lengths[order], stable=True).indices]
         self.batches = self._pack(order, lengths[order].tolist(), max_tokens, batch_size)
+
+    @property
+    def in_order(self) -> bool:
+        """Whether the batches, joined in rank order, list the items in dataset order (else
+        the trainer puts predictions back into dataset order)."""
+        return not self.shuffle and not self.sort
 
     @staticmethod
     def _pack(order: torch.Tensor, sizes: list[int], max_tokens: int,

@@ -29,6 +29,8 @@ class Task(Objective):
     model_config: ClassVar[type] = object
     submission_name: ClassVar[str] = "submission.csv"
     demo_answers: ClassVar[str] = ""      # the demo test set's answer key, beside the data
+    demo_version: ClassVar[int] = 1       # raise it when write_demo_data changes: demo folders
+                                          # written by an older generator are written again
     # (how a homework is handed in and where its data comes from: its Homework entry)
     output_kind: ClassVar[str] = "values"   # values (regression) | logits (classes, last
                                             # dim) | spans (per item {span: score}) | scores

@@ -1,7 +1,8 @@
 """LibriPhone files: split lists, frame labels and per-utterance (T, 39) MFCC tensors.
 
 All frames of a split live in one (total_frames, 39) tensor with utterance offsets; context
-windows are built per batch by index arithmetic (FrameWindows), never materialised.
+windows (FrameWindows) and padded batches of whole utterances (Utterances) are built per batch
+by index arithmetic, never materialised.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.core.errors import UserError
-from common.core.io import read_text
+from common.core.io import read_text, write_csv_atomic
 from common.data.loading import find_data_root
 from common.engine.checkpoint import load_torch_file
 
@@ -23,6 +24,7 @@ N_CLASSES = 41
 FEAT_DIM = 39
 SPLIT_FILES = {"train": "train_split.txt", "test": "test_split.txt"}
 LABEL_FILE = "train_labels.txt"
+DEMO_ANSWERS = "demo_test_answers.csv"   # the demo test frames' classes, for `--demo` scores
 
 
 def find_root(data_dir: Path) -> Path:
@@ -135,6 +137,22 @@ def load_split(data_dir: Path, split: str) -> Frames:
                   root=root)
 
 
+def context_index(frames: Frames, f: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Frame indices f + rel (any shape of f, rel on a last new axis) clamped to each frame's
+    own utterance: the course's context, edges repeating the first or last frame."""
+    offsets = frames.offsets
+    u = torch.searchsorted(offsets, f, right=True) - 1
+    lo, hi = offsets[u].unsqueeze(-1), offsets[u + 1].unsqueeze(-1) - 1
+    return torch.clamp(f.unsqueeze(-1) + rel, lo, hi)
+
+
+def check_concat(n: int) -> torch.Tensor:
+    """The offsets -k..k of an n = 2k + 1 frame context."""
+    if n < 1 or n % 2 == 0:
+        raise UserError(f"data.concat_nframes={n} must be odd and positive (1, 3, 5, ...)")
+    return torch.arange(-(n // 2), n // 2 + 1)
+
+
 class FrameWindows(Dataset):
     """Frame t as the window of frames t-k..t+k of its utterance (n = 2k + 1), edges repeating
     the first or last frame. Indexed a whole batch at a time: one gather per batch."""
@@ -143,21 +161,15 @@ class FrameWindows(Dataset):
 
     def __init__(self, frames: Frames, frame_idx: np.ndarray | torch.Tensor, n: int, *,
                  flat: bool = True):
-        if n < 1 or n % 2 == 0:
-            raise UserError(f"data.concat_nframes={n} must be odd and positive (1, 3, 5, ...)")
+        self.rel = check_concat(n)
         self.frames, self.n, self.flat = frames, n, flat
         self.frame_idx = torch.as_tensor(frame_idx, dtype=torch.int64)
-        self.rel = torch.arange(-(n // 2), n // 2 + 1)
 
     def __len__(self) -> int:
         return len(self.frame_idx)
 
     def windows(self, f: torch.Tensor) -> torch.Tensor:
-        offsets = self.frames.offsets
-        u = torch.searchsorted(offsets, f, right=True) - 1
-        lo, hi = offsets[u].unsqueeze(1), offsets[u + 1].unsqueeze(1) - 1
-        idx = torch.clamp(f.unsqueeze(1) + self.rel, lo, hi)
-        x = self.frames.feats[idx]                       # (B, n, 39)
+        x = self.frames.feats[context_index(self.frames, f, self.rel)]   # (B, n, 39)
         return x.flatten(1) if self.flat else x
 
     def __getitem__(self, i):
@@ -169,21 +181,76 @@ class FrameWindows(Dataset):
         return tuple(t[0] for t in item) if single else item
 
 
+class Utterances(Dataset):
+    """Whole utterances for a tagger, indexed a batch at a time: items `i` give (x, lengths,
+    labels): x (B, T, 39 n) zero-padded to the longest (each frame with its n-frame context
+    of its own utterance, n = 1 by default), lengths (B,), and the labels of the real frames
+    only, utterance after utterance (without labels for the test set). `frame_idx` are the
+    frames of whole utterances, grouped and in time order (what `Frames.frames_of` gives), so
+    the predictions, joined in dataset order, line up with it frame for frame."""
+
+    batched_indexing = True
+
+    def __init__(self, frames: Frames, frame_idx: np.ndarray | torch.Tensor, n: int = 1):
+        self.rel = check_concat(n)
+        self.frames, self.n = frames, n
+        frame_idx = torch.as_tensor(frame_idx, dtype=torch.int64)
+        utt = torch.searchsorted(frames.offsets, frame_idx, right=True) - 1
+        self.utterances = torch.unique_consecutive(utt)
+        self.lengths = frames.lengths()[self.utterances]
+        if not torch.equal(torch.from_numpy(frames.frames_of(self.utterances.numpy())),
+                           frame_idx):
+            raise UserError("a tagger needs whole utterances, frames in time order; split "
+                            "by utterance (the course's split and hw2 kfold both do)")
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths.sum())
+
+    def __getitem__(self, i):
+        i = torch.as_tensor(i, dtype=torch.int64).reshape(-1)
+        lengths = self.lengths[i]
+        starts = self.frames.offsets[self.utterances[i]]
+        t = torch.arange(int(lengths.max()))
+        real = t[None, :] < lengths[:, None]                            # (B, T)
+        f = starts[:, None] + torch.minimum(t[None, :], lengths[:, None] - 1)
+        x = self.frames.feats[context_index(self.frames, f, self.rel)].flatten(2)
+        x = x.masked_fill(~real[..., None], 0.0)
+        if self.frames.labels is None:
+            return x, lengths
+        return x, lengths, self.frames.labels[f[real]]
+
+
 # --------------------------------------------------------------------------- demo data
+MARKERS = (1, 2, 3, 4)    # demo sounds that set the utterance's state until the next one
+MARKER_RATE = 0.12        # the chance that a phone segment is a marker
+
+
 def _demo_utterance(rng: np.random.Generator, means: np.ndarray, length: int):
     """Phone segments of 3-12 frames. Classes c and c + 20 (c in 1..20) sound alike; which one
-    a segment is depends on the previous segment (its acoustic class's parity), so context
-    decides labels that a single frame cannot. Silence (0) opens and closes the utterance."""
+    a segment is depends on a state that the last marker phone (sounds 1-4, about one segment
+    in eight) set, by its parity: often 30 to 100 frames back, out of sight of a 21- or
+    41-frame window, so only a model of the whole utterance knows it. Silence (0) opens and
+    closes the utterance and resets nothing."""
     labels = np.empty(length, dtype=np.int64)
-    t, prev_sound = 0, 0
+    t, prev_sound, state = 0, 0, 0
     while t < length:
         if t == 0 or length - t <= 17:
             sound, label = 0, 0
             dur = length - t if t else int(rng.integers(5, 15))
         else:
-            sound = int(rng.choice([s for s in range(1, 21) if s != prev_sound]))
-            label = sound + (20 if prev_sound % 2 else 0)
+            if rng.random() < MARKER_RATE:
+                sound = int(rng.choice([s for s in MARKERS if s != prev_sound]))
+            else:
+                sound = int(rng.choice([s for s in range(len(MARKERS) + 1, 21)
+                                        if s != prev_sound]))
+            label = sound + 20 * state
             dur = int(rng.integers(3, 13))
+            if sound in MARKERS:
+                state = sound % 2
         labels[t:t + dur] = label
         t += dur
         prev_sound = sound
@@ -200,7 +267,7 @@ def write_demo_data(dest: Path, n_train: int = 250, n_test: int = 60, seed: int 
     means = rng.normal(0.0, 1.0, (21, FEAT_DIM))
     for split, count in (("train", n_train), ("test", n_test)):
         (root / "feat" / split).mkdir(parents=True, exist_ok=True)
-        ids, label_lines = [], []
+        ids, label_lines, answers = [], [], []
         for i in range(count):
             speaker = int(rng.integers(19, 9000))
             utt = f"{speaker}-{int(rng.integers(100, 200000))}-{i:04d}"
@@ -208,8 +275,12 @@ def write_demo_data(dest: Path, n_train: int = 250, n_test: int = 60, seed: int 
             torch.save(torch.from_numpy(feats), root / "feat" / split / f"{utt}.pt")
             ids.append(utt)
             label_lines.append(utt + " " + " ".join(map(str, labels.tolist())))
+            answers.append(labels)
         # like the real files, the last line has no trailing newline
         (root / SPLIT_FILES[split]).write_text("\n".join(ids), encoding="utf-8")
         if split == "train":
             (root / LABEL_FILE).write_text("\n".join(label_lines), encoding="utf-8")
+    test_classes = np.concatenate(answers)       # beside libriphone/, as no real file is
+    write_csv_atomic(Path(dest) / DEMO_ANSWERS, ("Id", "Class"),
+                     zip(range(len(test_classes)), test_classes.tolist(), strict=True))
     return Path(dest)

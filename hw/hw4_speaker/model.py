@@ -11,16 +11,12 @@ import torch
 from torch import nn
 
 from common.core.registry import Registry
+from common.engine.models import MaskedConformer, SpecAugment, length_mask
 from hw.hw4_speaker.data import N_MELS
 
 ENCODERS = Registry("model.arch")
 HEADS = Registry("model.head")
 POOLINGS = ("mean", "sap", "asp")
-
-
-def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """True where a frame is padding, (B, T)."""
-    return torch.arange(width, device=lengths.device)[None, :] >= lengths[:, None]
 
 
 class MaskedPooling(nn.Module):
@@ -86,18 +82,6 @@ class Subsample(nn.Module):
         return self.out(h.permute(0, 2, 1, 3).flatten(2)), lengths
 
 
-class ZeroPadding(nn.Module):
-    """Zeros the padded frames of a (B, D, T) tensor: put before a Conformer block's depthwise
-    convolution, which torchaudio leaves unmasked, so padding never leaks into real frames."""
-
-    def __init__(self):
-        super().__init__()
-        self.pad: torch.Tensor | None = None   # (B, T), set by MaskedConformer for each forward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.pad is None else x.masked_fill(self.pad[:, None, :], 0.0)
-
-
 @ENCODERS.register("transformer")
 class MaskedTransformer(nn.TransformerEncoder):
     """The course's encoder: nn.TransformerEncoder with a key padding mask."""
@@ -112,35 +96,15 @@ class MaskedTransformer(nn.TransformerEncoder):
 
 
 @ENCODERS.register("conformer")
-class MaskedConformer(nn.Module):
-    """torchaudio's Conformer blocks, each with the padded frames zeroed before its depthwise
-    convolution (the blocks are torchaudio's; their parameters keep torchaudio's names)."""
+class SpeakerConformer(MaskedConformer):
+    """torchaudio's Conformer blocks, the padded frames masked (common's MaskedConformer)."""
 
     def __init__(self, cfg):
-        super().__init__()
-        from torchaudio.models import Conformer
-
-        conformer = Conformer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.layers, cfg.kernel,
-                              dropout=cfg.dropout)
-        self.conformer_layers = conformer.conformer_layers
-        self.pad_zeroers = nn.ModuleList()
-        for layer in self.conformer_layers:
-            steps = list(layer.conv_module.sequential)  # pointwise, GLU | depthwise, ...
-            self.pad_zeroers.append(ZeroPadding())
-            layer.conv_module.sequential = nn.Sequential(*steps[:2], self.pad_zeroers[-1],
-                                                         *steps[2:])
+        super().__init__(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.layers, cfg.kernel,
+                         dropout=cfg.dropout)
 
     def forward(self, h: torch.Tensor, lengths: torch.Tensor, pad: torch.Tensor):
-        for zeroer in self.pad_zeroers:
-            zeroer.pad = pad
-        try:
-            x = h.transpose(0, 1)                 # torchaudio's blocks are time-first
-            for layer in self.conformer_layers:
-                x = layer(x, pad)
-            return x.transpose(0, 1)
-        finally:
-            for zeroer in self.pad_zeroers:
-                zeroer.pad = None
+        return super().forward(h, pad)
 
 
 @HEADS.register("mlp")
@@ -167,20 +131,15 @@ class SpeakerNet(nn.Module):
         d = cfg.d_model
         self.subsample = Subsample(d) if cfg.subsample else None
         self.prenet = None if cfg.subsample else nn.Linear(N_MELS, d)
-        self.specaug = None
-        if cfg.freq_mask or cfg.time_mask:
-            import torchaudio
-
-            self.specaug = nn.Sequential(
-                torchaudio.transforms.FrequencyMasking(cfg.freq_mask, iid_masks=True),
-                torchaudio.transforms.TimeMasking(cfg.time_mask, iid_masks=True))
+        self.specaug = SpecAugment(cfg.freq_mask, cfg.time_mask) \
+            if cfg.freq_mask or cfg.time_mask else None
         self.encoder = ENCODERS.build(cfg.arch, cfg)
         self.pool = MaskedPooling(cfg.pooling, d)
         self.head = HEADS.build(cfg.head, cfg, self.pool.out_dim, classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.specaug is not None and self.training:
-            x = self.specaug(x.transpose(1, 2).unsqueeze(1)).squeeze(1).transpose(1, 2)
+        if self.specaug is not None:
+            x = self.specaug(x)
         if self.subsample is not None:
             h, lengths = self.subsample(x, lengths)
         else:

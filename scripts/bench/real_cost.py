@@ -37,7 +37,7 @@ from common.experiments.pipeline import fit_split, prepare  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 # homework -> (recipes, the course sample first; items in a real epoch; what an item is)
 PLANS = {
-    "hw2": (["hw2_sample", "hw2_cpu", "hw2_strong", "hw2"], 2_116_368, "frames"),
+    "hw2": (["hw2_sample", "hw2_cpu", "hw2_strong", "hw2", "hw2_window"], 2_116_368, "frames"),
     "hw3": (["hw3_sample", "hw3_cpu", "hw3"], 9_866, "photos"),
 }
 
@@ -67,8 +67,10 @@ def data_for(hw: str, scratch: Path, hw2_data: Path | None) -> Path | None:
 
 
 def seconds_per_update(hw: str, recipe: str, data: Path, scratch: Path, updates: int
-                       ) -> tuple[float, int]:
-    """(seconds per training update, batch size) of a recipe on data."""
+                       ) -> tuple[float, float]:
+    """(seconds per training update, items per update) of a recipe on data: its batch size,
+    or for batches of whole utterances within a frame budget (HW2's tagger), the training
+    split's frames over its batches."""
     cls = task_class(hw)
     cache = [f'data.cache_dir="{scratch / "cache"}"'] if hw == "hw3" else []
     config = load_config(cls.schema(), ROOT / "configs" / f"{recipe}.toml", [
@@ -82,7 +84,12 @@ def seconds_per_update(hw: str, recipe: str, data: Path, scratch: Path, updates:
         start = time.perf_counter()
         fit_split(task, train_data, *split, datasets=datasets)
         times.append(time.perf_counter() - start)
-    return (times[2] - times[1]) / updates, config["trainer"].batch_size
+    train = datasets[0]
+    batches = task.batch_sampler(train, train=True, batch_size=config["trainer"].batch_size,
+                                 seed=0, drop_last=False, as_tensor=True, rank=0,
+                                 world=1).num_batches()
+    items = getattr(train, "num_frames", len(train))
+    return (times[2] - times[1]) / updates, items / batches
 
 
 def main() -> None:
@@ -109,7 +116,7 @@ def main() -> None:
                                                        args.updates)
                 epoch = per_update * math.ceil(items / batch) / 60
                 base = base or epoch
-                print(f"  {recipe:11s} batch {batch:4d}  {per_update * 1000:8.1f} ms/update  "
+                print(f"  {recipe:11s} batch {batch:6.0f}  {per_update * 1000:8.1f} ms/update  "
                       f"epoch {epoch:7.1f} min  x{epoch / base:5.2f} the course sample's",
                       flush=True)
 
