@@ -129,8 +129,11 @@ def test_predictions_are_each_utterance_alone_in_the_splits_frame_order(demo):
         model.eval()
         alone = torch.cat([model(*ds[torch.tensor([u])][:2]) for u in range(len(ds))])
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)
-    # loss and accuracy count real frames only: the same as each frame counted by hand
+    # accumulation and DDP weigh a batch by its real frames, not its utterances
     train = task.load_train(demo)
+    batch = task.labelled_dataset(train, train.frames_of(np.arange(2)))[torch.tensor([0, 1])]
+    assert int(task.count(batch)) == len(batch[-1]) == int(batch[1].sum()) > 2 * len(batch[0])
+    # loss and accuracy count real frames only: the same as each frame counted by hand
     valid = task.labelled_dataset(train, train.frames_of(np.arange(len(train.ids))))
     metrics = trainer.evaluate(valid)
     logits = torch.cat([model(*valid[torch.tensor([u])][:2]) for u in range(len(valid))])
