@@ -240,7 +240,8 @@ def main() -> None:
             if cfg["model"].arch == "mlp" else ""
         flops = 2 * macs * (3 * TRAIN_FRAMES + VALID_FRAMES)
         minutes = flops / (GPU_TFLOPS * 1e12) / 60
-        print(f"  {recipe:11s} {cfg['model'].arch:7s} {macs / 1e6:9.2f} M  epoch "
+        print(f"  {recipe:11s} {cfg['model'].arch:7s} {macs / 1e6:9.2f} M  training FLOPs a "
+              f"frame {6 * macs / 1e6:9.2f} M  epoch "
               f"{flops / 1e15:7.3f} PFLOP  {minutes:7.2f} min  x {cfg['trainer'].epochs} "
               f"epochs {minutes * cfg['trainer'].epochs:7.1f} min{check}")
     window, tagger = macs_per_frame(config("hw2_window")), macs_per_frame(config("hw2"))

@@ -184,3 +184,21 @@ def test_demo_data_of_an_older_generator_is_written_again(tmp_path):
     done = run_cli("hw2", "demo-data", "--dest", str(dest))
     assert done.returncode == 0 and "older generator" in done.stderr + done.stdout
     assert labels.read_text() == fresh
+
+
+def test_the_benchs_multiply_adds_per_frame_match_a_hand_count():
+    """scripts/bench/hw2_tagger.py's counts against the layer shapes written out by hand (the
+    issue's 'about 344 M' and 'about 8.4 M for the same LSTM once over the utterance')."""
+    from tests.common.test_bench_gpu import load_bench
+
+    bench = load_bench("hw2_tagger")
+    lstm = 2 * 4 * 384 * (39 + 384) + 2 * (2 * 4 * 384 * (768 + 384))   # 3 layers, 2 ways
+    head = 768 * 512 + 512 * 41
+    assert bench.macs_per_frame(bench.config("hw2")) == lstm + head
+    assert bench.macs_per_frame(bench.config("hw2_window")) == 41 * lstm + head
+    assert bench.macs_per_frame(bench.config("hw2_sample")) == 39 * 256 + 256 * 256 + 256 * 41
+    gru = bench.config("hw2_cpu", 'model.cell="gru"')
+    assert bench.macs_per_frame(gru) == 2 * 3 * 64 * (39 + 64) + 2 * 3 * 64 * (128 + 64) + 128 * 41
+    # the FLOP counter agrees where it can count (no RNNs): the MLP recipes
+    assert bench.counted_macs(bench.config("hw2_strong")) == pytest.approx(
+        bench.macs_per_frame(bench.config("hw2_strong")), rel=1e-6)
