@@ -35,6 +35,14 @@ def build_mlp(in_features: int, hidden: list[int], out_features: int, *,
     return nn.Sequential(*layers)
 
 
+def check_heads(width: int, heads: int) -> None:
+    """Attention splits its width among model.heads: one line where torch would assert."""
+    if width % heads:
+        divisors = [h for h in range(1, min(width, 16) + 1) if width % h == 0]
+        raise UserError(f"model.heads={heads}: attention's width {width} must be a multiple "
+                        f"of its heads; choose one of {', '.join(map(str, divisors))}")
+
+
 def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """True where a frame is padding, (B, T)."""
     return torch.arange(width, device=lengths.device)[None, :] >= lengths[:, None]
@@ -86,6 +94,10 @@ class MaskedConformer(nn.Module):
         super().__init__()
         from torchaudio.models import Conformer
 
+        check_heads(d_model, heads)
+        if kernel % 2 == 0:
+            raise UserError(f"model.kernel={kernel} must be odd (the Conformer's depthwise "
+                            "convolution keeps the sequence's length)")
         conformer = Conformer(d_model, heads, ff_dim, layers, kernel, dropout=dropout)
         self.conformer_layers = conformer.conformer_layers
         self.pad_zeroers = nn.ModuleList()

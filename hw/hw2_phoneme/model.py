@@ -38,7 +38,7 @@ class BiRNN(nn.Module):
     the real frames never depend on the padding: each layer runs forward over the batch as it
     is and backward over every sequence reversed within its own length, so the padding stays
     behind the real frames in both directions. Two plain calls per layer instead of packed
-    sequences, whose backward pass on the CPU is 15 to 30 times slower (scripts/bench/
+    sequences, whose training step on the CPU is 13 to 18 times slower (scripts/bench/
     hw2_tagger.py); dropout between layers."""
 
     def __init__(self, cell: str, n_in: int, hidden: int, layers: int, dropout: float):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from common.core.registry import Registry
-from common.engine.models import MaskedConformer, SpecAugment, length_mask
+from common.engine.models import MaskedConformer, SpecAugment, check_heads, length_mask
 from hw.hw4_speaker.data import N_MELS
 
 ENCODERS = Registry("model.arch")
@@ -87,6 +87,7 @@ class MaskedTransformer(nn.TransformerEncoder):
     """The course's encoder: nn.TransformerEncoder with a key padding mask."""
 
     def __init__(self, cfg):
+        check_heads(cfg.d_model, cfg.heads)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout,
                                            batch_first=True)
         super().__init__(layer, cfg.layers, enable_nested_tensor=False)

@@ -202,3 +202,15 @@ def test_the_benchs_multiply_adds_per_frame_match_a_hand_count():
     # the FLOP counter agrees where it can count (no RNNs): the MLP recipes
     assert bench.counted_macs(bench.config("hw2_strong")) == pytest.approx(
         bench.macs_per_frame(bench.config("hw2_strong")), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad, says", [("model.heads=3", "model.heads=3: attention's width 128"),
+                                       ("model.kernel=4", "model.kernel=4 must be odd")])
+def test_a_conformer_that_cannot_be_built_is_one_line(demo, tmp_path, bad, says):
+    done = run_cli("hw2", "train", "--data", str(demo), "--config", CPU, "--out",
+                   str(tmp_path / "run"), "--dry-run", "--set", 'model.cell="conformer"',
+                   "--set", bad)
+    lines = [line for line in done.stderr.splitlines() if line.strip()
+             and not line.startswith("loading")]
+    assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
