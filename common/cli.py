@@ -245,12 +245,12 @@ def demo_dir(task_cls: type[Task], dest: str | None = None) -> Path:
     marker = path / ".complete"
     done = "demo data complete" + (f" (version {task_cls.demo_version})"
                                    if task_cls.demo_version > 1 else "") + "\n"
-    stale = marker.is_file() and marker.read_text() != done
-    if (stale or not marker.exists()) and distributed.is_main():
-        if not stale and path.is_dir() and any(path.iterdir()):
+    found = marker.read_text() if marker.is_file() else None
+    if found != done and distributed.is_main():
+        if found is None and path.is_dir() and any(path.iterdir()):
             raise UserError(f"{path}: holds files but no finished demo data; remove it or "
                             "choose another --dest")
-        if stale:
+        if found is not None:
             say(f"{path}: demo data of an older generator; writing it again")
         with building_folder(path, replace=True) as stage:  # whole, or not there at all
             task_cls.write_demo_data(stage)

@@ -137,13 +137,12 @@ def load_split(data_dir: Path, split: str) -> Frames:
                   root=root)
 
 
-def context_index(frames: Frames, f: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """Frame indices f + rel (any shape of f, rel on a last new axis) clamped to each frame's
-    own utterance: the course's context, edges repeating the first or last frame."""
-    offsets = frames.offsets
-    u = torch.searchsorted(offsets, f, right=True) - 1
-    lo, hi = offsets[u].unsqueeze(-1), offsets[u + 1].unsqueeze(-1) - 1
-    return torch.clamp(f.unsqueeze(-1) + rel, lo, hi)
+def context_index(f: torch.Tensor, rel: torch.Tensor, first: torch.Tensor,
+                  last: torch.Tensor) -> torch.Tensor:
+    """Frame indices f + rel (rel on a new last axis) clamped to [first, last], the first and
+    last frame of each frame's utterance (shapes that broadcast with f): the course's context,
+    edges repeating the first or last frame."""
+    return torch.clamp(f.unsqueeze(-1) + rel, first.unsqueeze(-1), last.unsqueeze(-1))
 
 
 def check_concat(n: int) -> torch.Tensor:
@@ -169,7 +168,9 @@ class FrameWindows(Dataset):
         return len(self.frame_idx)
 
     def windows(self, f: torch.Tensor) -> torch.Tensor:
-        x = self.frames.feats[context_index(self.frames, f, self.rel)]   # (B, n, 39)
+        offsets = self.frames.offsets
+        u = torch.searchsorted(offsets, f, right=True) - 1
+        x = self.frames.feats[context_index(f, self.rel, offsets[u], offsets[u + 1] - 1)]
         return x.flatten(1) if self.flat else x
 
     def __getitem__(self, i):
@@ -213,11 +214,12 @@ class Utterances(Dataset):
     def __getitem__(self, i):
         i = torch.as_tensor(i, dtype=torch.int64).reshape(-1)
         lengths = self.lengths[i]
-        starts = self.frames.offsets[self.utterances[i]]
+        starts = self.frames.offsets[self.utterances[i]][:, None]
         t = torch.arange(int(lengths.max()))
         real = t[None, :] < lengths[:, None]                            # (B, T)
-        f = starts[:, None] + torch.minimum(t[None, :], lengths[:, None] - 1)
-        x = self.frames.feats[context_index(self.frames, f, self.rel)].flatten(2)
+        last = starts + lengths[:, None] - 1
+        f = torch.minimum(starts + t[None, :], last)                   # padding: the last frame
+        x = self.frames.feats[context_index(f, self.rel, starts, last)].flatten(2)
         x = x.masked_fill(~real[..., None], 0.0)
         if self.frames.labels is None:
             return x, lengths
